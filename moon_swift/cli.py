@@ -1,0 +1,117 @@
+"""The ``moon-swift`` command: model building, data preparation and the end-to-end CPU demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import MoonInputError
+
+
+def _print_written(files: Sequence[Path], what: str, out: Path) -> None:
+    print(f"wrote {what} to {out}:")
+    for path in files:
+        print(f"  {path.name:<28} {path.stat().st_size / 1e6:9.2f} MB")
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> None:
+    from .modeling.tiny import TinySpec, make_tiny
+
+    spec = TinySpec(base_model_type=args.as_base or "qwen2_5_vl")
+    files = make_tiny(args.out, seed=args.seed, spec=spec, as_base=args.as_base is not None)
+    what = f"a tiny dense {args.as_base} checkpoint" if args.as_base else "a tiny MOON model"
+    _print_written(files, f"{what} (seed {args.seed})", Path(args.out))
+
+
+def cmd_upcycle(args: argparse.Namespace) -> None:
+    from .modeling.upcycle import upcycle
+
+    files = upcycle(args.base, args.out)
+    _print_written(files, f"a MOON checkpoint upcycled from {args.base}", Path(args.out))
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from .data import read_fashion_catalog, split_records, title_to_product_rows, write_jsonl, write_records
+
+    records = read_fashion_catalog(args.catalog, on_bad_row=args.on_bad_row, limit=args.limit)
+    train, val = split_records(records, args.val_fraction)
+    out = Path(args.out)
+    n_train = write_jsonl(title_to_product_rows(train), out / "train.jsonl")
+    write_records(train, out / "train_products.jsonl")
+    write_records(val, out / "val_products.jsonl")
+    print(f"read {len(records)} products from {args.catalog}")
+    print(f"  {out / 'train.jsonl'}: {n_train} title -> product rows (swift embedding format)")
+    print(f"  {out / 'val_products.jsonl'}: {len(val)} held-out products (val fraction {args.val_fraction})")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(
+        DemoConfig(
+            workdir=Path(args.workdir),
+            catalog=Path(args.catalog),
+            recipe=Path(args.recipe),
+            limit=args.limit,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moon-swift", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-tiny", help="write a tiny, real Qwen2.5-VL-based MOON model built locally")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="weight seed; the same seed gives identical weights")
+    p.add_argument(
+        "--as-base",
+        choices=["qwen2_5_vl", "qwen2_vl"],
+        help="write the dense base checkpoint (hub layout) instead of a MOON model, e.g. to try `upcycle`",
+    )
+    p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("upcycle", help="turn a Qwen2.5-VL / Qwen2-VL checkpoint directory into a MOON checkpoint")
+    p.add_argument("--base", required=True, help="base checkpoint directory (e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+    p.add_argument("--out", required=True, help="output directory for the MOON checkpoint")
+    p.set_defaults(func=cmd_upcycle)
+
+    p = sub.add_parser("prepare-data", help="fashion catalog -> swift embedding rows + held-out products")
+    p.add_argument("--catalog", required=True, help="directory with products.csv and images/")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--limit", type=int, help="read at most this many products")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction, split by product id")
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("demo", help="build a tiny MOON, train it with `swift sft` on real products, evaluate")
+    p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")
+    p.add_argument("--catalog", default="../shared/data/fashion-catalog-dev", help="fashion catalog directory")
+    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="swift sft recipe to train with")
+    p.add_argument("--limit", type=int, default=1200, help="products to use (train + held-out)")
+    p.add_argument("--epochs", type=float, default=2, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("moon_swift").setLevel(logging.INFO)
+    try:
+        args.func(args)
+    except MoonInputError as error:
+        print(f"moon-swift {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Encoding products and queries with a MOON checkpoint, and retrieval metrics."""

@@ -1,0 +1,77 @@
+"""Batched embeddings from a MOON checkpoint through swift's own loader and ``moon`` template.
+
+Going through swift's template (not a re-implementation) guarantees that evaluation sees exactly
+the token sequences and image sizes training saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.records import ProductRecord
+from ..data.swift_rows import product_messages
+
+
+def query_request(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def product_request(record: ProductRecord) -> dict[str, Any]:
+    return {"messages": product_messages(record), "images": list(record.images)}
+
+
+class ProductEncoder:
+    """Loads ``model_dir`` (plus optional LoRA ``adapters``) as swift model type ``moon``."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        adapters: Sequence[str] = (),
+        batch_size: int = 16,
+        torch_dtype: torch.dtype = torch.float32,
+        device_map: str = "cpu",
+        max_pixels: int | None = None,
+    ):
+        from swift.model import get_model_processor
+        from swift.template import get_template
+
+        import moon_swift.register as moon_register
+
+        moon_register.register_all()
+        model, processor = get_model_processor(
+            model_dir, model_type="moon", task_type="embedding", torch_dtype=torch_dtype, device_map=device_map
+        )
+        if adapters:
+            from swift.tuners import Swift
+
+            model = Swift.from_pretrained(model, adapters[0])
+        self.model = model.eval()
+        self.template = get_template(processor, template_type="moon", max_pixels=max_pixels)
+        self.template.model = self.model
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def encode(self, requests: Sequence[dict[str, Any]], *, desc: str = "encode", progress: bool = True) -> np.ndarray:
+        """L2-normalised embeddings, one row per request (``{"messages": ..., "images": ...}``)."""
+        chunks = []
+        starts = range(0, len(requests), self.batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+            batch = [self.template.encode(request) for request in requests[start : start + self.batch_size]]
+            inputs = self.template.data_collator(batch)
+            _, inputs = self.template.pre_forward_hook(self.model, None, inputs)
+            chunks.append(self.model(**inputs).last_hidden_state.float().cpu().numpy())
+        if not chunks:
+            return np.zeros((0, self.model.config.text_config.hidden_size), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def encode_queries(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return self.encode([query_request(text) for text in texts], **kwargs)
+
+    def encode_products(self, records: Sequence[ProductRecord], **kwargs: Any) -> np.ndarray:
+        return self.encode([product_request(record) for record in records], **kwargs)

@@ -1,0 +1,135 @@
+"""MoonModel: a Qwen2.5-VL / Qwen2-VL backbone that returns one L2-normalised product embedding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel, Qwen2_5_VLPreTrainedModel
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+
+from .configuration_moon import MoonConfig
+
+_BACKBONES = {"qwen2_5_vl": Qwen2_5_VLModel, "qwen2_vl": Qwen2VLModel}
+
+
+@dataclass
+class MoonEmbeddingOutput(ModelOutput):
+    """Output of :class:`MoonModel`.
+
+    ``last_hidden_state`` holds the *pooled* embedding of shape ``(batch, hidden)``: that is the
+    key ms-swift's embedding losses, trainer and inference engine read, so the name follows swift.
+    Per-token states are in ``hidden_states`` (the last entry is what was pooled) when
+    ``output_hidden_states=True``.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``hidden_states`` over the positions where ``attention_mask`` is 1 (in float32)."""
+    if attention_mask is None:
+        return hidden_states.float().mean(dim=1)
+    mask = attention_mask.to(hidden_states.device, torch.float32).unsqueeze(-1)
+    summed = (hidden_states.float() * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1.0)
+
+
+def last_token_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Hidden state of the last valid token (works for left and right padding)."""
+    if attention_mask is None:
+        return hidden_states[:, -1].float()
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.bool() * positions).argmax(dim=1)
+    return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last].float()
+
+
+_POOLERS = {"mean": mean_pool, "last": last_token_pool}
+
+
+class MoonModel(Qwen2_5_VLPreTrainedModel):
+    """MOON product embedder.
+
+    The backbone is stored as ``self.model`` (a ``Qwen2_5_VLModel``), so parameter names are the
+    ones of ``Qwen2_5_VLForConditionalGeneration`` minus ``lm_head``: ms-swift's ``qwen2_vl`` arch
+    keys (``model.visual``, ``model.language_model``) apply unchanged and a dense Qwen2.5-VL
+    checkpoint upcycles by copying tensors.
+    """
+
+    config_class = MoonConfig
+    config: MoonConfig
+    _no_split_modules = [
+        "Qwen2_5_VLDecoderLayer",
+        "Qwen2_5_VLVisionBlock",
+        "Qwen2VLDecoderLayer",
+        "Qwen2VLVisionBlock",
+    ]
+
+    def __init__(self, config: MoonConfig):
+        super().__init__(config)
+        self.model = _BACKBONES[config.base_model_type](config)
+        self.post_init()
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def pool(self, token_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Pool per-token states into one embedding per row, as configured (mean by default)."""
+        pooled = _POOLERS[self.config.pooling](token_hidden_states, attention_mask)
+        if self.config.normalize:
+            pooled = F.normalize(pooled, p=2, dim=-1)
+        return pooled.to(token_hidden_states.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MoonEmbeddingOutput:
+        kwargs.pop("use_cache", None)
+        kwargs.pop("labels", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        return MoonEmbeddingOutput(
+            last_hidden_state=self.pool(outputs.last_hidden_state, mask),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )

@@ -1,0 +1,81 @@
+"""Turn a Qwen2.5-VL / Qwen2-VL checkpoint (as downloaded from ModelScope) into a MOON checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from ..errors import MoonInputError
+from .configuration_moon import SUPPORTED_BASE_MODEL_TYPES, MoonConfig
+from .modeling_moon import MoonModel
+from .processing_moon import MoonProcessor
+
+_BASE_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
+# Keys of a base config that describe the base class, not the model: MoonConfig sets its own.
+_NOT_COPIED = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
+
+
+def read_base_model_type(base_dir: Path) -> str:
+    config_path = base_dir / "config.json"
+    if not config_path.is_file():
+        raise MoonInputError("no config.json: not a model checkpoint directory", file=str(config_path))
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except json.JSONDecodeError as error:
+        raise MoonInputError(f"config.json is not valid JSON ({error})", file=str(config_path)) from error
+    if model_type not in SUPPORTED_BASE_MODEL_TYPES:
+        raise MoonInputError(
+            f"base model_type is {model_type!r}; MOON upcycles Qwen2.5-VL or Qwen2-VL checkpoints "
+            f"(model_type one of {SUPPORTED_BASE_MODEL_TYPES})",
+            file=str(config_path),
+            field="model_type",
+        )
+    return model_type
+
+
+def moon_config_from_base(base_dir: Path, **moon_options: Any) -> MoonConfig:
+    base_model_type = read_base_model_type(base_dir)
+    base_config = AutoConfig.from_pretrained(base_dir).to_dict()
+    for key in _NOT_COPIED:
+        base_config.pop(key, None)
+    config = MoonConfig(**base_config, base_model_type=base_model_type, **moon_options)
+    config.architectures = ["MoonModel"]
+    return config
+
+
+def upcycle(base_dir: str | Path, out_dir: str | Path, **moon_options: Any) -> list[Path]:
+    """Write a MOON checkpoint built from the base checkpoint's weights; returns the files written.
+
+    The MOON model is created on the meta device and takes over the base tensors (no copy), so
+    peak memory is one model, not two. The language-model head is dropped: MOON embeds.
+    """
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    config = moon_config_from_base(base_dir, **moon_options)
+    base = _BASE_CLASSES[config.base_model_type].from_pretrained(base_dir, dtype="auto")
+    with torch.device("meta"):
+        moon = MoonModel(config)
+    moon.model.load_state_dict(base.model.state_dict(), strict=True, assign=True)
+    moon.to(base.dtype).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    moon.save_pretrained(out_dir)
+    processor = MoonProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(base_dir),
+        tokenizer=AutoTokenizer.from_pretrained(base_dir),
+        chat_template=_chat_template(base_dir),
+    )
+    processor.save_pretrained(out_dir)
+    return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def _chat_template(base_dir: Path) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = base_dir / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None

@@ -1,0 +1,57 @@
+"""Every ms-swift registration of moon-swift, in one place.
+
+``register_all()`` is what ``registry/moon.py`` (``--external_plugins``) calls. After
+``pip install``, the start-up hook in :mod:`moon_swift.autoload` calls the parts one by one as
+swift imports its own registries, so ``swift sft --model_type moon`` works with no flag.
+"""
+
+from __future__ import annotations
+
+
+def register_templates() -> None:
+    """Template ``moon`` (needs ``swift.template`` fully imported)."""
+    from swift.template import TEMPLATE_MAPPING, register_template
+
+    from .template import MOON_TEMPLATE_TYPE, moon_template_meta
+
+    if MOON_TEMPLATE_TYPE not in TEMPLATE_MAPPING:
+        register_template(moon_template_meta())
+
+
+def register_models() -> None:
+    """Model type ``moon`` (needs ``swift.model`` fully imported)."""
+    from swift.model import MODEL_MAPPING, ModelArch, ModelGroup, ModelMeta, register_model
+
+    from .model_loader import MOON_MODEL_TYPE, MoonLoader
+    from .template import MOON_TEMPLATE_TYPE
+
+    if MOON_MODEL_TYPE in MODEL_MAPPING:
+        return
+    register_model(
+        ModelMeta(
+            MOON_MODEL_TYPE,
+            [ModelGroup([], template=MOON_TEMPLATE_TYPE)],
+            MoonLoader,
+            template=MOON_TEMPLATE_TYPE,
+            model_arch=ModelArch.qwen2_vl,
+            architectures=["MoonModel"],
+            is_multimodal=True,
+            task_type="embedding",
+            tags=["vision", "embedding"],
+        )
+    )
+
+
+#: swift module -> what to register once that module has finished importing.
+REGISTRATIONS_AFTER_IMPORT = {
+    "swift.template": register_templates,
+    "swift.model": register_models,
+}
+
+
+def register_all() -> None:
+    """Register everything (idempotent)."""
+    import moon_swift.modeling  # noqa: F401  (transformers Auto classes)
+
+    register_templates()
+    register_models()

@@ -1,0 +1,1 @@
+import moon_swift.plugin  # noqa: F401  (`--external_plugins registry/moon.py`; not needed after pip install)
