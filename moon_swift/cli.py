@@ -47,6 +47,19 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     print(f"  {out / 'val_products.jsonl'}: {len(val)} held-out products (val fraction {args.val_fraction})")
 
 
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from .data.validate import check_embedding_jsonl
+
+    bad = 0
+    for path in args.files:  # the summary of each file is logged by check_embedding_jsonl
+        _, log = check_embedding_jsonl(path, on_bad_row="skip" if args.keep_going else "error")
+        for example in log.examples:
+            print(f"  {example}")
+        bad += log.skipped
+    if bad:
+        raise MoonInputError(f"{bad} bad rows in {len(args.files)} file(s)")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
 
@@ -89,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction, split by product id")
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("check-data", help="validate swift embedding JSONL files row by row before training")
+    p.add_argument("files", nargs="+", help="JSONL files in swift's embedding format")
+    p.add_argument("--keep-going", action="store_true", help="report every bad row instead of stopping at the first")
+    p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("demo", help="build a tiny MOON, train it with `swift sft` on real products, evaluate")
     p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")

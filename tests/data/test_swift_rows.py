@@ -1,0 +1,33 @@
+import json
+
+from moon_swift.data import ProductRecord, read_records, split_records, title_to_product_rows, write_jsonl, write_records
+
+
+def _records(n):
+    return [ProductRecord(str(i), f"title {i}", [f"/img/{i}a.jpg", f"/img/{i}b.jpg"], ["A", "B"]) for i in range(n)]
+
+
+def test_rows_are_in_swift_embedding_format_with_every_product_image(tmp_path):
+    rows = list(title_to_product_rows(_records(2)))
+    assert rows[0] == {
+        "messages": [{"role": "user", "content": "title 0"}],
+        "positive_messages": [[{"role": "user", "content": "<image><image>"}]],
+        "positive_images": [["/img/0a.jpg", "/img/0b.jpg"]],
+    }
+    assert write_jsonl(rows, tmp_path / "rows.jsonl") == 2
+    assert json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[1]) == rows[1]
+
+
+def test_split_is_by_product_id_and_stable():
+    records = _records(400)
+    train, val = split_records(records, 0.1)
+    assert len(train) + len(val) == 400 and 20 < len(val) < 60
+    assert {r.product_id for r in train}.isdisjoint(r.product_id for r in val)
+    _, val_reversed = split_records(records[::-1], 0.1)
+    assert sorted(r.product_id for r in val_reversed) == sorted(r.product_id for r in val)
+
+
+def test_records_round_trip(tmp_path):
+    records = _records(3)
+    write_records(records, tmp_path / "p.jsonl")
+    assert read_records(tmp_path / "p.jsonl") == records

@@ -1,0 +1,61 @@
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+from moon_swift.modeling import MoonModel, mean_pool
+from moon_swift.modeling.modeling_moon import last_token_pool
+
+
+def _inputs(model_dir, image_path):
+    processor = AutoProcessor.from_pretrained(model_dir)
+    image = Image.open(image_path).convert("RGB").resize((112, 112))
+    texts = [
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Blue Skirt<|im_end|>\n",
+        "<|im_start|>user\nred shirt<|im_end|>\n",  # shorter: padded, so the mask matters
+    ]
+    return processor(text=texts, images=[image], return_tensors="pt", padding=True)
+
+
+def test_embedding_is_l2_normalised_mean_of_last_hidden_states_over_valid_tokens(tiny_moon_dir, catalog_images):
+    model = AutoModel.from_pretrained(tiny_moon_dir).eval()
+    assert isinstance(model, MoonModel)
+    inputs = _inputs(tiny_moon_dir, catalog_images[0])
+    assert (inputs["attention_mask"] == 0).any(), "the test needs a padded row"
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    hidden, mask = out.hidden_states[-1], inputs["attention_mask"]
+    manual = []
+    for row in range(hidden.shape[0]):  # explicit loop: the reference is independent of mean_pool
+        valid = hidden[row][mask[row].bool()]
+        manual.append(valid.mean(dim=0) / valid.mean(dim=0).norm())
+    manual = torch.stack(manual)
+    assert out.last_hidden_state.shape == (2, model.config.text_config.hidden_size)
+    torch.testing.assert_close(out.last_hidden_state, manual, atol=1e-6, rtol=0)
+    # and it is not what swift's default (last-token) pooling would give
+    last = torch.nn.functional.normalize(last_token_pool(hidden, mask), dim=-1)
+    assert (last - out.last_hidden_state).abs().max() > 1e-3
+
+
+def test_padding_does_not_change_an_embedding(tiny_moon_dir, catalog_images):
+    model = AutoModel.from_pretrained(tiny_moon_dir).eval()
+    inputs = _inputs(tiny_moon_dir, catalog_images[0])
+    processor = AutoProcessor.from_pretrained(tiny_moon_dir)
+    alone = processor(text=["<|im_start|>user\nred shirt<|im_end|>\n"], return_tensors="pt")
+    with torch.no_grad():
+        batched = model(**inputs).last_hidden_state[1]
+        single = model(**alone).last_hidden_state[0]
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+def test_save_and_reload_give_identical_embeddings(tiny_moon_dir, catalog_images, tmp_path):
+    model = AutoModel.from_pretrained(tiny_moon_dir).eval()
+    model.save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path).eval()
+    inputs = _inputs(tiny_moon_dir, catalog_images[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).last_hidden_state, again(**inputs).last_hidden_state, atol=0, rtol=0)
+
+
+def test_mean_pool_ignores_masked_positions():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, -100.0]]])
+    assert mean_pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 2.0]]

@@ -1,0 +1,63 @@
+import re
+
+import pytest
+
+from moon_swift.errors import MoonInputError
+
+
+@pytest.fixture(scope="module")
+def moon_template(tiny_moon_dir):
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    _, processor = get_model_processor(str(tiny_moon_dir), model_type="moon", task_type="embedding", load_model=False)
+    return get_template(processor, template_type="moon")
+
+
+def _decode(template, input_ids):
+    return template.processor.tokenizer.decode(input_ids)
+
+
+def test_product_row_expands_every_image_to_its_patch_tokens(moon_template, catalog_images):
+    row = {"messages": [{"role": "user", "content": "<image><image>Women Blue Skirt"}],
+           "images": [str(catalog_images[0]), str(catalog_images[1])]}  # fmt: skip
+    encoded = moon_template.encode(row)
+    grid = encoded["image_grid_thw"]
+    assert grid.shape == (2, 3)
+    expected_tokens = int(grid.prod(dim=1).sum()) // 4  # 2x2 patch merge
+    assert encoded["input_ids"].count(151655) == expected_tokens
+    text = _decode(moon_template, encoded["input_ids"])
+    assert "helpful assistant" not in text  # no default system prompt diluting the mean
+    assert text.count("<|vision_start|>") == 2 and "Women Blue Skirt" in text
+
+
+def test_image_budget_follows_max_pixels(tiny_moon_dir, catalog_images):
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    _, processor = get_model_processor(str(tiny_moon_dir), model_type="moon", task_type="embedding", load_model=False)
+    small = get_template(processor, template_type="moon", max_pixels=56 * 56)
+    encoded = small.encode({"messages": [{"role": "user", "content": "<image>"}], "images": [str(catalog_images[0])]})
+    assert encoded["image_grid_thw"].tolist() == [[1, 4, 4]]  # 56x56 pixels = 4x4 patches of 14
+
+
+@pytest.mark.parametrize(
+    "row, pattern",
+    [
+        ({"messages": [{"role": "user", "content": "<image>"}], "images": ["/no/such/photo.jpg"]},
+         r"file /no/such/photo.jpg, field 'images\[0\]': image file does not exist"),
+        ({"messages": [{"role": "user", "content": "   "}]}, "empty text"),
+        ({"messages": [{"role": "user", "content": "<video>"}], "videos": ["clip.mp4"]}, "got a video"),
+    ],
+)  # fmt: skip
+def test_bad_rows_fail_with_file_and_field(moon_template, row, pattern):
+    with pytest.raises(MoonInputError, match=pattern):
+        moon_template.encode(row)
+
+
+def test_unreadable_image_names_the_file(moon_template, tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff garbage")
+    row = {"messages": [{"role": "user", "content": "<image>"}], "images": [str(path)]}
+    with pytest.raises(MoonInputError, match=re.escape(str(path)) + r".*cannot be read"):
+        moon_template.encode(row)
