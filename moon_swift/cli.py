@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")
     p.add_argument("--catalog", default="../shared/data/fashion-catalog-dev", help="fashion catalog directory")
     p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="swift sft recipe to train with")
-    p.add_argument("--limit", type=int, default=1200, help="products to use (train + held-out)")
+    p.add_argument("--limit", type=int, help="products to use, train + held-out (default: the whole catalog)")
     p.add_argument("--epochs", type=float, default=2, help="training epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
     p.set_defaults(func=cmd_demo)

@@ -25,7 +25,7 @@ class DemoConfig:
     workdir: Path
     catalog: Path
     recipe: Path
-    limit: int = 1200
+    limit: int | None = None
     epochs: float = 2
     seed: int = 0
     val_fraction: float = 0.1
@@ -99,7 +99,7 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, float]]:
     _step(f"1/4 building the tiny MOON model (seed {config.seed}) in {work / 'model'}")
     make_tiny(work / "model", seed=config.seed)
 
-    _step(f"2/4 reading {config.limit} products from {config.catalog}")
+    _step(f"2/4 reading {config.limit or 'all'} products from {config.catalog}")
     records = read_fashion_catalog(config.catalog, on_bad_row="skip", limit=config.limit)
     train, val = split_records(records, config.val_fraction)
     n_train = write_jsonl(title_to_product_rows(train), work / "data" / "train.jsonl")
@@ -113,6 +113,7 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, float]]:
     _step(f"    checkpoint: {checkpoint}")
 
     _step("4/4 evaluating title -> product retrieval on the held-out products")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
     results = {
         "untrained": evaluate(work / "model", work / "data" / "val_products.jsonl"),
         "trained": evaluate(checkpoint, work / "data" / "val_products.jsonl"),

@@ -60,7 +60,7 @@ def transformers_embeddings(model_dir, requests):
     """Plain transformers: AutoModel + AutoProcessor + chat template, no swift involved."""
     from transformers import AutoModel, AutoProcessor
 
-    import moon_swift  # noqa: F401  (registers MoonConfig/MoonModel with the Auto classes)
+    import moon_swift.modeling  # noqa: F401  (registers MoonConfig/MoonModel with the Auto classes)
 
     model, processor = AutoModel.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
     out = []
