@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import FASHION_CATALOG
 
+
 def pytest_collection_modifyitems(config, items):
     if not FASHION_CATALOG.is_dir():
         raise pytest.UsageError(f"real test data not found at {FASHION_CATALOG} (set MOON_SHARED_DATA)")

@@ -1,6 +1,13 @@
 import json
 
-from moon_swift.data import ProductRecord, read_records, split_records, title_to_product_rows, write_jsonl, write_records
+from moon_swift.data import (
+    ProductRecord,
+    read_records,
+    split_records,
+    title_to_product_rows,
+    write_jsonl,
+    write_records,
+)
 
 
 def _records(n):

@@ -25,8 +25,8 @@ def test_every_kind_of_bad_row_is_located(tmp_path, catalog_images):
         "{not json",
         {"messages": []},
         {"messages": [{"role": "user", "content": ""}]},
-        {"messages": [{"role": "user", "content": "q"}], "positive_messages": [[{"role": "user", "content": "<image>"}]],
-         "positive_images": [["/missing.jpg"]]},
+        {"messages": [{"role": "user", "content": "q"}],
+         "positive_messages": [[{"role": "user", "content": "<image>"}]], "positive_images": [["/missing.jpg"]]},
         {"messages": [{"role": "user", "content": "<image>"}], "images": [good, good]},
     ]  # fmt: skip
     path = _write(tmp_path / "bad.jsonl", rows)

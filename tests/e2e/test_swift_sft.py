@@ -24,7 +24,8 @@ RECIPE = REPO_ROOT / "recipes" / "tiny_cpu.yaml"
 def small_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
     moon_swift = str(Path(swift_executable()).with_name("moon-swift"))
-    result = run_cli([moon_swift, "prepare-data", "--catalog", str(FASHION_CATALOG), "--out", str(out), "--limit", "64"])
+    command = [moon_swift, "prepare-data", "--catalog", str(FASHION_CATALOG), "--out", str(out), "--limit", "64"]
+    result = run_cli(command)
     assert result.returncode == 0, result.stdout
     assert "title -> product rows" in result.stdout
     return out
