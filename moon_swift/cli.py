@@ -17,10 +17,39 @@ def _print_written(files: Sequence[Path], what: str, out: Path) -> None:
         print(f"  {path.name:<28} {path.stat().st_size / 1e6:9.2f} MB")
 
 
+def _add_moe_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("guided MoE (MoonConfig; default: dense)")
+    group.add_argument("--moe-layers", help="decoder layers to turn into MoE: 'all', 'every:K' or '0,2,5'")
+    group.add_argument("--num-experts", type=int, default=4, help="routed general experts per MoE layer")
+    group.add_argument("--top-k", type=int, default=2, help="experts per routed token")
+    group.add_argument("--no-guided-experts", action="store_true", help="plain MoE: no category/attribute experts")
+    group.add_argument("--shared-expert", action="store_true", help="add an always-on shared expert")
+    group.add_argument("--aux-loss-coef", type=float, default=0.01, help="load-balancing loss weight")
+    group.add_argument("--z-loss-coef", type=float, default=0.0, help="router z-loss weight")
+
+
+def _moe_options(args: argparse.Namespace) -> dict:
+    if not args.moe_layers:
+        return {}
+    return {
+        "moe_layers": args.moe_layers,
+        "num_experts": args.num_experts,
+        "moe_top_k": args.top_k,
+        "guided_experts": not args.no_guided_experts,
+        "shared_expert": args.shared_expert,
+        "moe_aux_loss_coef": args.aux_loss_coef,
+        "moe_z_loss_coef": args.z_loss_coef,
+    }
+
+
 def cmd_make_tiny(args: argparse.Namespace) -> None:
     from .modeling.tiny import TinySpec, make_tiny
 
-    spec = TinySpec(base_model_type=args.as_base or "qwen2_5_vl")
+    if args.as_base and args.moe_layers:
+        raise MoonInputError(
+            "--as-base writes a dense Qwen checkpoint; MoE options apply to MOON models", field="--as-base"
+        )
+    spec = TinySpec(base_model_type=args.as_base or "qwen2_5_vl", extra_config=_moe_options(args))
     files = make_tiny(args.out, seed=args.seed, spec=spec, as_base=args.as_base is not None)
     what = f"a tiny dense {args.as_base} checkpoint" if args.as_base else "a tiny MOON model"
     _print_written(files, f"{what} (seed {args.seed})", Path(args.out))
@@ -29,7 +58,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> None:
 def cmd_upcycle(args: argparse.Namespace) -> None:
     from .modeling.upcycle import upcycle
 
-    files = upcycle(args.base, args.out)
+    files = upcycle(args.base, args.out, noise=args.noise, seed=args.seed, **_moe_options(args))
     _print_written(files, f"a MOON checkpoint upcycled from {args.base}", Path(args.out))
 
 
@@ -88,11 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["qwen2_5_vl", "qwen2_vl"],
         help="write the dense base checkpoint (hub layout) instead of a MOON model, e.g. to try `upcycle`",
     )
+    _add_moe_arguments(p)
     p.set_defaults(func=cmd_make_tiny)
 
     p = sub.add_parser("upcycle", help="turn a Qwen2.5-VL / Qwen2-VL checkpoint directory into a MOON checkpoint")
     p.add_argument("--base", required=True, help="base checkpoint directory (e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
     p.add_argument("--out", required=True, help="output directory for the MOON checkpoint")
+    _add_moe_arguments(p)
+    p.add_argument("--noise", type=float, default=0.0, help="expert init noise, in units of each weight's std")
+    p.add_argument("--seed", type=int, default=0, help="seed of the router init and the noise")
     p.set_defaults(func=cmd_upcycle)
 
     p = sub.add_parser("prepare-data", help="fashion catalog -> swift embedding rows + held-out products")

@@ -77,7 +77,7 @@ def evaluate(model_dir: Path, products_jsonl: Path) -> dict[str, float]:
     records = read_records(products_jsonl)
     encoder = ProductEncoder(str(model_dir))
     queries = encoder.encode_queries([r.title for r in records], desc=f"titles   {model_dir.name}")
-    products = encoder.encode_products(records, desc=f"products {model_dir.name}")
+    products = encoder.encode_products(records, with_title=False, desc=f"products {model_dir.name}")
     return retrieval_metrics(queries @ products.T, np.arange(len(records)))
 
 

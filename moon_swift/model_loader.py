@@ -57,6 +57,29 @@ class MoonLoader(Qwen2_5VLLoader):
         # qwen_vl_utils imports torchvision, which CPU-only torch builds often cannot load.
         return ModelLoader.get_processor(self, model_dir, config)
 
-    def get_model(self, model_dir: str, *args, **kwargs):
+    def get_model(self, model_dir: str, config: PretrainedConfig, *args, **kwargs):
         self.auto_model_cls = self.auto_model_cls or AutoModel
-        return super().get_model(model_dir, *args, **kwargs)
+        _init_deepspeed_comm_for_zero3()
+        if config.moe_layers:
+            from .modeling.guided_moe import GuidedMoE
+
+            # ZeRO-3 gathers a leaf module's parameters at once: experts that get no tokens on one
+            # rank must not leave the other ranks waiting for their parameters.
+            self.leaf_modules = [GuidedMoE]
+        return super().get_model(model_dir, config, *args, **kwargs)
+
+
+def _init_deepspeed_comm_for_zero3() -> None:
+    """Let ``deepspeed.zero.Init`` see the real world size when training on CPU.
+
+    With ``--use_cpu`` transformers starts torch.distributed (gloo) through accelerate but not
+    DeepSpeed's communication layer, so ZeRO-3's partitioning at load time would assume one
+    process. On GPUs transformers has already done this and the call is a no-op.
+    """
+    import torch.distributed as dist
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled() and dist.is_available() and dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=dist.get_backend())

@@ -42,10 +42,20 @@ def register_models() -> None:
     )
 
 
+def register_callbacks() -> None:
+    """Callback ``moon_moe`` (``--callbacks moon_moe``; needs ``swift.callbacks`` fully imported)."""
+    from swift.callbacks import callbacks_map
+
+    from .callbacks import MOON_MOE_CALLBACK, MoonMoeCallback
+
+    callbacks_map.setdefault(MOON_MOE_CALLBACK, MoonMoeCallback)
+
+
 #: swift module -> what to register once that module has finished importing.
 REGISTRATIONS_AFTER_IMPORT = {
     "swift.template": register_templates,
     "swift.model": register_models,
+    "swift.callbacks": register_callbacks,
 }
 
 
@@ -55,3 +65,4 @@ def register_all() -> None:
 
     register_templates()
     register_models()
+    register_callbacks()

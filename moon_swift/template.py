@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from PIL import Image
 from swift.template.template_inputs import StdTemplateInputs
 from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
@@ -12,8 +14,21 @@ from swift.template.utils import Context
 
 from .errors import MoonInputError
 from .images import fit_image, load_image
+from .markup import ATTRIBUTE_TAGS, CATEGORY_TAGS
+from .modeling.guided_moe import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, TOKEN_OTHER
 
 MOON_TEMPLATE_TYPE = "moon"
+
+# Inside the template each tag becomes a Qwen special token, so that a span always starts and
+# ends on a token boundary; the marker tokens are removed again after tokenization.
+_TAG_TO_MARKER = {
+    CATEGORY_TAGS[0]: "<|quad_start|>",
+    CATEGORY_TAGS[1]: "<|quad_end|>",
+    ATTRIBUTE_TAGS[0]: "<|box_start|>",
+    ATTRIBUTE_TAGS[1]: "<|box_end|>",
+}
+_SPAN = re.compile(r"<(category|attributes)>(.*?)</\1>", re.S)
+_ANY_TAG = re.compile(r"</?(?:category|attributes)>")
 
 
 class MoonTemplate(Qwen2_5VLTemplate):
@@ -26,6 +41,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
     """
 
     support_padding_free = False
+    token_type_of_tag = {"category": TOKEN_CATEGORY, "attributes": TOKEN_ATTRIBUTE}
 
     def _get_max_pixels(self, inputs=None) -> None:
         # ``--max_pixels`` is applied in ``replace_tag`` (together with the 28-pixel grid), not by
@@ -55,6 +71,45 @@ class MoonTemplate(Qwen2_5VLTemplate):
         inputs.images[index] = fit_image(image, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         return ["<|vision_start|><|image_pad|><|vision_end|>"]
 
+    def _encode(self, inputs: StdTemplateInputs) -> dict[str, Any]:
+        """Qwen2.5-VL encoding plus ``token_type_ids``: 1 on category tokens, 2 on attribute tokens."""
+        mark_product_fields(inputs)
+        encoded = super()._encode(inputs)
+        tokenizer = self.processor.tokenizer
+        opens = {tokenizer.convert_tokens_to_ids(_TAG_TO_MARKER[CATEGORY_TAGS[0]]): TOKEN_CATEGORY,
+                 tokenizer.convert_tokens_to_ids(_TAG_TO_MARKER[ATTRIBUTE_TAGS[0]]): TOKEN_ATTRIBUTE}  # fmt: skip
+        closes = {tokenizer.convert_tokens_to_ids(_TAG_TO_MARKER[tag[1]]) for tag in (CATEGORY_TAGS, ATTRIBUTE_TAGS)}
+        keep, types, current = [], [], TOKEN_OTHER
+        for token in encoded["input_ids"]:
+            if token in opens:
+                current = opens[token]
+            elif token in closes:
+                current = TOKEN_OTHER
+            else:
+                types.append(current)
+                keep.append(True)
+                continue
+            keep.append(False)
+        if not all(keep):
+            _drop_positions(encoded, keep)
+        encoded["token_type_ids"] = types
+        return encoded
+
+    def _truncate(self, input_ids, labels, encoded, truncation_strategy):
+        original = list(input_ids)
+        input_ids, labels = super()._truncate(input_ids, labels, encoded, truncation_strategy)
+        if encoded.get("token_type_ids") is not None:
+            kept = _kept_positions(original, input_ids, from_end=truncation_strategy == "left")
+            encoded["token_type_ids"] = [t for t, k in zip(encoded["token_type_ids"], kept, strict=True) if k]
+        return input_ids, labels
+
+    def _post_encode(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
+        # swift's training path keeps only a fixed list of keys next to inputs_embeds
+        encoded = super()._post_encode(model, inputs)
+        if inputs.get("token_type_ids") is not None:
+            encoded["token_type_ids"] = inputs["token_type_ids"]
+        return encoded
+
     def _preprocess_inputs(self, inputs: StdTemplateInputs) -> None:
         # Decode image files here (EXIF-upright, transparency on white) so a bad file fails with
         # its path and field; swift's own loader then sees PIL images and leaves them as they are.
@@ -65,6 +120,58 @@ class MoonTemplate(Qwen2_5VLTemplate):
         if not inputs.images and not any(text.replace("<image>", "").strip() for text in texts):
             raise MoonInputError("the row has neither text nor images (empty text)", field="messages")
         super()._preprocess_inputs(inputs)
+
+
+def mark_product_fields(inputs: StdTemplateInputs) -> None:
+    """Check the field markup of every message and turn its tags into marker tokens (in place)."""
+    markers = set(_TAG_TO_MARKER.values())
+    for index, message in enumerate(inputs.messages or []):
+        content = message.get("content")
+        if not isinstance(content, str):
+            continue
+        if any(marker in content for marker in markers):
+            raise MoonInputError(
+                f"message text contains a reserved token {sorted(m for m in markers if m in content)}; moon uses "
+                "them to mark <category>/<attributes> spans",
+                field=f"messages[{index}]",
+            )
+        nested = [tag for span in _SPAN.finditer(content) for tag in _ANY_TAG.findall(span.group(2))]
+        leftover = nested + _ANY_TAG.findall(_SPAN.sub("", content))
+        if leftover:
+            raise MoonInputError(
+                f"unbalanced or nested field markup {leftover}: use <category>...</category> and "
+                "<attributes>...</attributes>, each closed before the next opens",
+                field=f"messages[{index}]",
+            )
+        for tag, marker in _TAG_TO_MARKER.items():
+            content = content.replace(tag, marker)
+        message["content"] = content
+
+
+def _drop_positions(encoded: dict[str, Any], keep: list[bool]) -> None:
+    """Remove the marker tokens from every per-token sequence swift has built so far."""
+    mask = torch.tensor(keep)
+    for key in ("input_ids", "labels", "loss_scale"):
+        if encoded.get(key) is not None:
+            encoded[key] = [value for value, k in zip(encoded[key], keep, strict=True) if k]
+    for key in ("mm_token_type_ids", "image_token_types"):
+        if isinstance(encoded.get(key), torch.Tensor):
+            encoded[key] = encoded[key][..., mask]
+
+
+def _kept_positions(original: list[int], kept: list[int], *, from_end: bool) -> list[bool]:
+    """Which positions of ``original`` survived truncation into ``kept`` (an order-preserving subset).
+
+    Left truncation keeps a suffix of the text plus every image token, so it is matched from the
+    end; right truncation from the start.
+    """
+    order = range(len(original) - 1, -1, -1) if from_end else range(len(original))
+    targets = list(reversed(kept)) if from_end else list(kept)
+    result, j = [False] * len(original), 0
+    for i in order:
+        if j < len(targets) and original[i] == targets[j]:
+            result[i], j = True, j + 1
+    return result
 
 
 def _message_text(content: Any) -> str:

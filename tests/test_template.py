@@ -61,3 +61,52 @@ def test_unreadable_image_names_the_file(moon_template, tmp_path):
     row = {"messages": [{"role": "user", "content": "<image>"}], "images": [str(path)]}
     with pytest.raises(MoonInputError, match=re.escape(str(path)) + r".*cannot be read"):
         moon_template.encode(row)
+
+
+def _tokens_of_type(template, encoded, kind):
+    pairs = zip(encoded["input_ids"], encoded["token_type_ids"], strict=True)
+    return template.processor.tokenizer.decode([token for token, t in pairs if t == kind])
+
+
+def test_category_and_attribute_marks_land_on_exactly_their_tokens(moon_template, catalog_images):
+    content = ("<image><image>Nike Men Blue T-Shirt\n<category>Apparel > Topwear > Tshirts</category>\n"
+               "<attributes>gender: Men; baseColour: Blue</attributes>")  # fmt: skip
+    row = {"messages": [{"role": "user", "content": content}], "images": [str(p) for p in catalog_images[:2]]}
+    encoded = moon_template.encode(row)
+    assert len(encoded["token_type_ids"]) == len(encoded["input_ids"])
+    assert _tokens_of_type(moon_template, encoded, 1) == "Apparel > Topwear > Tshirts"
+    assert _tokens_of_type(moon_template, encoded, 2) == "gender: Men; baseColour: Blue"
+    others = _tokens_of_type(moon_template, encoded, 0)
+    assert others.count("<|image_pad|>") == encoded["input_ids"].count(151655)  # every image token is "other"
+    assert "<|im_start|>user\n" in others and "Nike Men Blue T-Shirt" in others
+    assert "<|quad_start|>" not in moon_template.processor.tokenizer.decode(encoded["input_ids"])  # markers removed
+    assert encoded["mm_token_type_ids"].shape[-1] == len(encoded["input_ids"])
+
+
+def test_text_only_queries_are_all_routed(moon_template):
+    encoded = moon_template.encode({"messages": [{"role": "user", "content": "blue running shoes"}]})
+    assert set(encoded["token_type_ids"]) == {0}
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        ("<category>Apparel", "unbalanced or nested field markup"),
+        ("<category>A <attributes>x</attributes></category>", "unbalanced or nested field markup"),
+        ("title <|quad_start|> injected", "reserved token"),
+    ],
+)
+def test_bad_field_markup_is_refused(moon_template, content, pattern):
+    with pytest.raises(MoonInputError, match=pattern):
+        moon_template.encode({"messages": [{"role": "user", "content": content}]})
+
+
+def test_token_types_follow_truncation(tiny_moon_dir):
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    _, processor = get_model_processor(str(tiny_moon_dir), model_type="moon", task_type="embedding", load_model=False)
+    template = get_template(processor, template_type="moon", max_length=30, truncation_strategy="left")
+    encoded = template.encode({"messages": [{"role": "user", "content": "x" * 40 + "<category>Shoes</category>"}]})
+    assert len(encoded["input_ids"]) == len(encoded["token_type_ids"]) == 30
+    assert _tokens_of_type(template, encoded, 1) == "Shoes"

@@ -8,19 +8,35 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..markup import ATTRIBUTE_TAGS, CATEGORY_TAGS
 from .records import ProductRecord
 
 
-def product_messages(record: ProductRecord) -> list[dict[str, str]]:
-    """The product side: every image of the product, as one user turn."""
-    return [{"role": "user", "content": "<image>" * len(record.images)}]
+def product_content(record: ProductRecord, *, with_title: bool = True) -> str:
+    """The product as one user turn: every image, then title, category path and attributes.
+
+    Category and attributes are wrapped in ``<category>``/``<attributes>`` markup, which the
+    ``moon`` template turns into token types for the guided MoE experts.
+    """
+    lines = [record.title] if with_title else []
+    if record.category_path:
+        lines.append(f"{CATEGORY_TAGS[0]}{' > '.join(record.category_path)}{CATEGORY_TAGS[1]}")
+    if record.attributes:
+        attributes = "; ".join(f"{name}: {value}" for name, value in record.attributes.items())
+        lines.append(f"{ATTRIBUTE_TAGS[0]}{attributes}{ATTRIBUTE_TAGS[1]}")
+    return "<image>" * len(record.images) + "\n".join(lines)
+
+
+def product_messages(record: ProductRecord, *, with_title: bool = True) -> list[dict[str, str]]:
+    return [{"role": "user", "content": product_content(record, with_title=with_title)}]
 
 
 def title_to_product_row(record: ProductRecord) -> dict[str, Any]:
-    """Anchor = the title as a text query; positive = the product's images."""
+    """Anchor = the title as a text query; positive = the product without its title (images,
+    category, attributes), so the pair teaches matching text to what the product looks like."""
     return {
         "messages": [{"role": "user", "content": record.title}],
-        "positive_messages": [product_messages(record)],
+        "positive_messages": [product_messages(record, with_title=False)],
         "positive_images": [list(record.images)],
     }
 

@@ -21,8 +21,8 @@ def query_request(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
-def product_request(record: ProductRecord) -> dict[str, Any]:
-    return {"messages": product_messages(record), "images": list(record.images)}
+def product_request(record: ProductRecord, *, with_title: bool = True) -> dict[str, Any]:
+    return {"messages": product_messages(record, with_title=with_title), "images": list(record.images)}
 
 
 class ProductEncoder:
@@ -73,5 +73,7 @@ class ProductEncoder:
     def encode_queries(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         return self.encode([query_request(text) for text in texts], **kwargs)
 
-    def encode_products(self, records: Sequence[ProductRecord], **kwargs: Any) -> np.ndarray:
-        return self.encode([product_request(record) for record in records], **kwargs)
+    def encode_products(
+        self, records: Sequence[ProductRecord], *, with_title: bool = True, **kwargs: Any
+    ) -> np.ndarray:
+        return self.encode([product_request(record, with_title=with_title) for record in records], **kwargs)

@@ -11,7 +11,9 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel, Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
+from ..errors import MoonInputError
 from .configuration_moon import MoonConfig
+from .guided_moe import GuidedMoE, MoeSettings
 
 _BACKBONES = {"qwen2_5_vl": Qwen2_5_VLModel, "qwen2_vl": Qwen2VLModel}
 
@@ -23,10 +25,13 @@ class MoonEmbeddingOutput(ModelOutput):
     ``last_hidden_state`` holds the *pooled* embedding of shape ``(batch, hidden)``: that is the
     key ms-swift's embedding losses, trainer and inference engine read, so the name follows swift.
     Per-token states are in ``hidden_states`` (the last entry is what was pooled) when
-    ``output_hidden_states=True``.
+    ``output_hidden_states=True``. ``moe_aux_loss`` (MoE models) is the weighted auxiliary loss,
+    detached: it is already applied to the gradients inside the MoE layers, so adding it to a loss
+    would count it twice. It is there for logging.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
+    moe_aux_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -73,7 +78,24 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
     def __init__(self, config: MoonConfig):
         super().__init__(config)
         self.model = _BACKBONES[config.base_model_type](config)
+        settings = MoeSettings(
+            num_experts=config.num_experts,
+            top_k=config.moe_top_k,
+            guided_experts=config.guided_experts,
+            shared_expert=config.shared_expert,
+            aux_loss_coef=config.moe_aux_loss_coef,
+            z_loss_coef=config.moe_z_loss_coef,
+        )
+        layers = self.model.language_model.layers
+        for index in config.moe_layers:
+            expert_cls = type(layers[index].mlp)
+            layers[index].mlp = GuidedMoE(config.text_config, settings, expert_cls, layer_index=index)
         self.post_init()
+
+    def moe_layers(self) -> dict[int, GuidedMoE]:
+        """Decoder layer index -> its GuidedMoE (empty for the dense model)."""
+        layers = self.model.language_model.layers
+        return {index: layers[index].mlp for index in self.config.moe_layers}
 
     @property
     def visual(self) -> nn.Module:
@@ -106,13 +128,19 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
         pixel_values_videos: torch.FloatTensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
         video_grid_thw: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MoonEmbeddingOutput:
+        """``token_type_ids`` (same shape as ``input_ids``): 1 = category token, 2 = attribute token,
+        0 = anything else; the ``moon`` template produces them. Only MoE layers read them."""
         kwargs.pop("use_cache", None)
         kwargs.pop("labels", None)
+        moe_layers = self.moe_layers()
+        if moe_layers:
+            self._set_routing_context(moe_layers.values(), token_type_ids, attention_mask, input_ids, inputs_embeds)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -128,8 +156,22 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
             **kwargs,
         )
         mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        aux = [moe.last_aux_loss for moe in moe_layers.values() if moe.last_aux_loss is not None]
         return MoonEmbeddingOutput(
             last_hidden_state=self.pool(outputs.last_hidden_state, mask),
+            moe_aux_loss=torch.stack(aux).sum() if aux else None,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    @staticmethod
+    def _set_routing_context(moe_layers, token_type_ids, attention_mask, input_ids, inputs_embeds) -> None:
+        shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:2])
+        if token_type_ids is not None and tuple(token_type_ids.shape) != shape:
+            raise MoonInputError(
+                f"token_type_ids has shape {tuple(token_type_ids.shape)} but the inputs have shape {shape}",
+                field="token_type_ids",
+            )
+        valid = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        for moe in moe_layers:
+            moe.set_routing_context(token_type_ids, valid)

@@ -14,7 +14,7 @@ import torch
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .configuration_moon import MoonConfig
+from .configuration_moon import MOON_FIELDS, MoonConfig
 from .modeling_moon import MoonModel
 from .processing_moon import MoonProcessor
 
@@ -154,7 +154,7 @@ def _base_model(config: MoonConfig):
     )
 
     values = config.to_dict()
-    for key in ("model_type", "architectures", "base_model_type", "pooling", "normalize", "transformers_version"):
+    for key in ("model_type", "architectures", "transformers_version", *MOON_FIELDS):
         values.pop(key, None)
     if config.base_model_type == "qwen2_vl":
         base_config, base_cls = Qwen2VLConfig(**values), Qwen2VLForConditionalGeneration

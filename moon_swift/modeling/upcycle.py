@@ -43,23 +43,30 @@ def moon_config_from_base(base_dir: Path, **moon_options: Any) -> MoonConfig:
     base_config = AutoConfig.from_pretrained(base_dir).to_dict()
     for key in _NOT_COPIED:
         base_config.pop(key, None)
-    config = MoonConfig(**base_config, base_model_type=base_model_type, **moon_options)
+    config = MoonConfig(**{**base_config, "base_model_type": base_model_type, **moon_options})
     config.architectures = ["MoonModel"]
     return config
 
 
-def upcycle(base_dir: str | Path, out_dir: str | Path, **moon_options: Any) -> list[Path]:
+def upcycle(
+    base_dir: str | Path, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0, **moon_options: Any
+) -> list[Path]:
     """Write a MOON checkpoint built from the base checkpoint's weights; returns the files written.
 
-    The MOON model is created on the meta device and takes over the base tensors (no copy), so
-    peak memory is one model, not two. The language-model head is dropped: MOON embeds.
+    ``moon_options`` are :class:`MoonConfig` fields (``moe_layers``, ``num_experts``, ...). Every
+    expert of a MoE layer starts as a copy of that layer's dense FFN, plus Gaussian noise of
+    ``noise`` times each weight's standard deviation; routers start at N(0, initializer_range).
+    With ``noise=0`` the MOON model computes exactly what the dense model does (top-k weights are
+    renormalised, so any mixture of equal experts is the dense FFN). Non-MoE tensors are taken
+    over without copying, and the language-model head is dropped: MOON embeds.
     """
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     config = moon_config_from_base(base_dir, **moon_options)
     base = _BASE_CLASSES[config.base_model_type].from_pretrained(base_dir, dtype="auto")
     with torch.device("meta"):
         moon = MoonModel(config)
-    moon.model.load_state_dict(base.model.state_dict(), strict=True, assign=True)
+    state = upcycled_state_dict(moon, base.model.state_dict(), noise=noise, seed=seed)
+    moon.model.load_state_dict(state, strict=True, assign=True)
     moon.to(base.dtype).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     moon.save_pretrained(out_dir)
@@ -70,6 +77,29 @@ def upcycle(base_dir: str | Path, out_dir: str | Path, **moon_options: Any) -> l
     )
     processor.save_pretrained(out_dir)
     return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def upcycled_state_dict(
+    moon: MoonModel, dense: dict[str, torch.Tensor], *, noise: float, seed: int
+) -> dict[str, torch.Tensor]:
+    """The dense state dict with each MoE layer's FFN replicated into its experts (keys of ``moon.model``)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = dict(dense)
+    std = moon.config.text_config.initializer_range
+    for index, moe in moon.moe_layers().items():
+        prefix = f"language_model.layers.{index}.mlp."
+        ffn = {key[len(prefix) :]: state.pop(key) for key in list(state) if key.startswith(prefix)}
+        for name, _ in moe.named_parameters():
+            if name == "router.weight":
+                shape = moe.router.weight.shape
+                state[prefix + name] = torch.randn(shape, generator=generator).mul_(std).to(next(iter(ffn.values())))
+                continue
+            weight = ffn[name.split(".", 2)[-1] if name.startswith("experts.") else name.split(".", 1)[1]]
+            copy = weight.clone()
+            if noise:
+                copy += torch.randn(weight.shape, generator=generator).to(weight) * (noise * weight.float().std())
+            state[prefix + name] = copy
+    return state
 
 
 def _chat_template(base_dir: Path) -> str | None:

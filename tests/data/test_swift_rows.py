@@ -8,17 +8,26 @@ from moon_swift.data import (
     write_jsonl,
     write_records,
 )
+from moon_swift.data.swift_rows import product_content
 
 
 def _records(n):
     return [ProductRecord(str(i), f"title {i}", [f"/img/{i}a.jpg", f"/img/{i}b.jpg"], ["A", "B"]) for i in range(n)]
 
 
+def test_product_content_marks_category_and_attributes():
+    record = ProductRecord("1", "Blue Tee", ["/a.jpg"], ["Apparel", "Tshirts"], {"colour": "Blue", "gender": "Men"})
+    assert product_content(record) == (
+        "<image>Blue Tee\n<category>Apparel > Tshirts</category>\n<attributes>colour: Blue; gender: Men</attributes>"
+    )
+    assert product_content(ProductRecord("2", "Plain", ["/b.jpg"]), with_title=False) == "<image>"
+
+
 def test_rows_are_in_swift_embedding_format_with_every_product_image(tmp_path):
     rows = list(title_to_product_rows(_records(2)))
     assert rows[0] == {
         "messages": [{"role": "user", "content": "title 0"}],
-        "positive_messages": [[{"role": "user", "content": "<image><image>"}]],
+        "positive_messages": [[{"role": "user", "content": "<image><image><category>A > B</category>"}]],
         "positive_images": [["/img/0a.jpg", "/img/0b.jpg"]],
     }
     assert write_jsonl(rows, tmp_path / "rows.jsonl") == 2

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from moon_swift.modeling import MoonModel, mean_pool
+from moon_swift.errors import MoonInputError
+from moon_swift.modeling import MoonConfig, MoonModel, mean_pool
 from moon_swift.modeling.modeling_moon import last_token_pool
 
 
@@ -59,3 +61,11 @@ def test_save_and_reload_give_identical_embeddings(tiny_moon_dir, catalog_images
 def test_mean_pool_ignores_masked_positions():
     hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, -100.0]]])
     assert mean_pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 2.0]]
+
+
+def test_token_types_of_the_wrong_shape_are_a_clear_error():
+    model = MoonModel(MoonConfig(text_config={"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
+                                              "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 300},
+                                 moe_layers="all"))  # fmt: skip
+    with pytest.raises(MoonInputError, match=r"token_type_ids has shape \(1, 3\) but the inputs have shape \(1, 4\)"):
+        model(input_ids=torch.tensor([[1, 2, 3, 4]]), token_type_ids=torch.tensor([[0, 1, 0]]))

@@ -1,0 +1,9 @@
+"""Markup of the structured product fields inside message text.
+
+``<category>Apparel > Topwear > Tshirts</category>`` and ``<attributes>colour: Blue</attributes>``
+are written by :mod:`moon_swift.data` from the record's fields and read by the ``moon`` template,
+which turns them into token types (1 = category, 2 = attribute) for the guided MoE experts.
+"""
+
+CATEGORY_TAGS = ("<category>", "</category>")
+ATTRIBUTE_TAGS = ("<attributes>", "</attributes>")

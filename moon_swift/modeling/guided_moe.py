@@ -1,0 +1,146 @@
+"""GuidedMoE: MOON's mixture of experts that replaces a decoder layer's FFN.
+
+Category tokens go to a category expert, attribute tokens to an attribute expert, all other
+tokens (vision, title, prompt) through a top-k softmax router to ``num_experts`` general experts;
+an optional shared expert sees every token. Experts are instances of the backbone's own FFN class
+(``Qwen2MLP``), so upcycling copies tensors and peft can put LoRA on ``gate_proj``/``up_proj``/
+``down_proj`` of every expert.
+
+Dispatch is grouped: routed (token, expert) pairs are sorted by expert once, each expert runs on
+one contiguous slice, and results are scattered back with a single ``index_add_``; the Python
+loop is over experts, never over tokens.
+
+The auxiliary losses are applied by :class:`AuxLossInjector` (as Megatron-LM's
+``MoEAuxLossAutoScaler`` does): the layer's output carries the aux loss's gradient into the
+backward pass. This adds it exactly once whatever loss swift uses, and stays correct under
+reentrant gradient checkpointing, where the first forward runs without autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TOKEN_OTHER, TOKEN_CATEGORY, TOKEN_ATTRIBUTE = 0, 1, 2
+
+
+@dataclass
+class MoeSettings:
+    num_experts: int
+    top_k: int
+    guided_experts: bool
+    shared_expert: bool
+    aux_loss_coef: float
+    z_loss_coef: float
+
+
+class AuxLossInjector(torch.autograd.Function):
+    """Identity on ``output``; in backward, also sends gradient ``scale`` into ``aux_loss``."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor, scale: float):
+        ctx.save_for_backward(aux_loss)
+        ctx.scale = scale
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (aux_loss,) = ctx.saved_tensors
+        return grad_output, torch.full_like(aux_loss, ctx.scale), None
+
+
+class GuidedMoE(nn.Module):
+    """Drop-in replacement for a decoder layer's ``mlp`` (input and output ``(batch, seq, hidden)``)."""
+
+    def __init__(self, text_config, settings: MoeSettings, expert_cls: type[nn.Module], layer_index: int = -1):
+        super().__init__()
+        self.settings = settings
+        self.layer_index = layer_index
+        self.num_experts, self.top_k = settings.num_experts, settings.top_k
+        self.router = nn.Linear(text_config.hidden_size, settings.num_experts, bias=False)
+        self.experts = nn.ModuleList(expert_cls(text_config) for _ in range(settings.num_experts))
+        if settings.guided_experts:
+            self.category_expert = expert_cls(text_config)
+            self.attribute_expert = expert_cls(text_config)
+        if settings.shared_expert:
+            self.shared_expert = expert_cls(text_config)
+        # Set by MoonModel before each forward; kept until the next one so that activation
+        # recomputation (gradient checkpointing) sees the same routing context.
+        self.token_types: torch.Tensor | None = None
+        self.valid_mask: torch.Tensor | None = None
+        # Gradient scale of the injected aux loss (1 / gradient accumulation steps in training).
+        self.aux_grad_scale = 1.0
+        # Detached statistics of the last forward, for logging.
+        self.last_aux_loss: torch.Tensor | None = None
+        self.last_load: torch.Tensor | None = None
+
+    def set_routing_context(self, token_types: torch.Tensor | None, valid_mask: torch.Tensor | None) -> None:
+        self.token_types, self.valid_mask = token_types, valid_mask
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        types, valid = self._flat_context(x.shape[0], x.device)
+        out = torch.zeros_like(x)
+        if self.settings.guided_experts:
+            for expert, kind in ((self.category_expert, TOKEN_CATEGORY), (self.attribute_expert, TOKEN_ATTRIBUTE)):
+                index = (types == kind).nonzero().squeeze(-1)
+                out.index_add_(0, index, expert(x[index]).to(out.dtype))  # called even when empty: every
+            routed_index = (types == TOKEN_OTHER).nonzero().squeeze(-1)  # parameter gets a gradient
+        else:
+            routed_index = torch.arange(x.shape[0], device=x.device)
+        aux_loss = self._route(x, routed_index, valid[routed_index], out)
+        if self.settings.shared_expert:
+            out = (out + self.shared_expert(x).to(out.dtype)) / 2  # equal experts at upcycling: out == dense
+        if aux_loss is not None and torch.is_grad_enabled() and aux_loss.requires_grad:
+            out = AuxLossInjector.apply(out, aux_loss, self.aux_grad_scale)
+        return out.view(shape)
+
+    def _flat_context(self, n_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        types, valid = self.token_types, self.valid_mask
+        types = torch.zeros(n_tokens, dtype=torch.long, device=device) if types is None else types.reshape(-1)
+        valid = torch.ones(n_tokens, dtype=torch.bool, device=device) if valid is None else valid.reshape(-1).bool()
+        if types.shape[0] != n_tokens or valid.shape[0] != n_tokens:
+            raise ValueError(
+                f"GuidedMoE got {n_tokens} tokens but token types for {types.shape[0]} and a mask for "
+                f"{valid.shape[0]}: token_type_ids must have the shape of input_ids"
+            )
+        return types.to(device), valid.to(device)
+
+    def _route(
+        self, x: torch.Tensor, routed_index: torch.Tensor, routed_valid: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Top-k routing of ``x[routed_index]`` into ``out``; returns the weighted aux loss."""
+        tokens = x[routed_index]
+        logits = self.router(tokens).float()
+        probs = logits.softmax(dim=-1)
+        top_weights, top_experts = probs.topk(self.top_k, dim=-1)
+        top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)  # renormalised: upcycling is exact
+
+        flat_experts = top_experts.reshape(-1)
+        order = flat_experts.argsort(stable=True)
+        source = torch.arange(tokens.shape[0], device=x.device).repeat_interleave(self.top_k)[order]
+        weights = top_weights.reshape(-1)[order]
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+        grouped = tokens[source]
+        results, start = [], 0
+        for expert, count in zip(self.experts, counts, strict=True):
+            segment = slice(start, start + count)
+            results.append(expert(grouped[segment]) * weights[segment, None].to(tokens.dtype))
+            start += count
+        out.index_add_(0, routed_index[source], torch.cat(results).to(out.dtype))
+
+        load_assignments = top_experts[routed_valid].reshape(-1)
+        n_valid = int(routed_valid.sum())
+        load = torch.bincount(load_assignments, minlength=self.num_experts).float() / max(1, n_valid * self.top_k)
+        self.last_load = load.detach()
+        if n_valid == 0:
+            self.last_aux_loss = torch.zeros((), device=x.device)
+            return None
+        balance = self.num_experts * (load * probs[routed_valid].mean(dim=0)).sum()
+        z_loss = torch.logsumexp(logits[routed_valid], dim=-1).square().mean()
+        aux = self.settings.aux_loss_coef * balance + self.settings.z_loss_coef * z_loss
+        self.last_aux_loss = aux.detach()
+        return aux
