@@ -14,7 +14,7 @@ import os
 import sys
 
 ENV_SWITCH = "MOON_SWIFT_AUTOLOAD"
-WATCHED_MODULES = ("swift.template", "swift.model", "swift.callbacks")
+WATCHED_MODULES = ("swift.template", "swift.model", "swift.callbacks", "swift.loss")
 
 
 def _register_after(module_name: str) -> None:

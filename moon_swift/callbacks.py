@@ -40,3 +40,9 @@ class MoonMoeCallback(TrainerCallback):
             if moe.last_load is not None:
                 for expert, fraction in enumerate(moe.last_load.tolist()):
                     metrics[f"moe_load_l{moe.layer_index}_e{expert}"].update(fraction)
+
+
+# Registered here too: the start-up hook may have fired while this module was half-imported.
+from .register import register_callbacks  # noqa: E402
+
+register_callbacks()

@@ -68,12 +68,28 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     records = read_fashion_catalog(args.catalog, on_bad_row=args.on_bad_row, limit=args.limit)
     train, val = split_records(records, args.val_fraction)
     out = Path(args.out)
-    n_train = write_jsonl(title_to_product_rows(train), out / "train.jsonl")
+    negatives = _hard_negatives(train, args) if args.hard_negatives else None
+    n_train = write_jsonl(title_to_product_rows(train, negatives), out / "train.jsonl")
     write_records(train, out / "train_products.jsonl")
     write_records(val, out / "val_products.jsonl")
     print(f"read {len(records)} products from {args.catalog}")
+    if negatives is not None:
+        counts = [len(n) for n in negatives]
+        how = f"mined with {args.mine_with}" if args.mine_with else "same category, then parent category"
+        print(f"  hard negatives ({how}): {sum(counts)} in all, {min(counts)}..{max(counts)} per row")
     print(f"  {out / 'train.jsonl'}: {n_train} title -> product rows (swift embedding format)")
     print(f"  {out / 'val_products.jsonl'}: {len(val)} held-out products (val fraction {args.val_fraction})")
+
+
+def _hard_negatives(records, args: argparse.Namespace):
+    from .data.negatives import category_negatives, mined_negatives
+
+    if not args.mine_with:
+        return category_negatives(records, args.hard_negatives, seed=args.seed)
+    from .eval.encode import ProductEncoder
+
+    embeddings = ProductEncoder(args.mine_with).encode_products(records, desc="mining negatives")
+    return mined_negatives(records, embeddings, args.hard_negatives)
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
@@ -134,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="read at most this many products")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction, split by product id")
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
+    p.add_argument("--hard-negatives", type=int, default=0, help="explicit negatives per row (same category)")
+    p.add_argument("--mine-with", help="MOON checkpoint to mine the hard negatives with (nearest other products)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("check-data", help="validate swift embedding JSONL files row by row before training")

@@ -7,3 +7,7 @@ which turns them into token types (1 = category, 2 = attribute) for the guided M
 
 CATEGORY_TAGS = ("<category>", "</category>")
 ATTRIBUTE_TAGS = ("<attributes>", "</attributes>")
+#: ``<group_id>SKU-123</group_id>``: the product's group (or product) id. It is not text the model
+#: reads: the template removes it and passes the id on, so that ``moon_infonce`` never uses another
+#: row of the same group as a negative.
+GROUP_ID_TAGS = ("<group_id>", "</group_id>")

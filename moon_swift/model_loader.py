@@ -83,3 +83,9 @@ def _init_deepspeed_comm_for_zero3() -> None:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=dist.get_backend())
+
+
+# Registered here too: the start-up hook may have fired while this module was half-imported.
+from .register import register_models  # noqa: E402
+
+register_models()

@@ -7,9 +7,22 @@ swift imports its own registries, so ``swift sft --model_type moon`` works with 
 
 from __future__ import annotations
 
+import sys
+
+
+def _still_importing(module_name: str, attribute: str) -> bool:
+    """True while ``module_name`` is half-imported (its own import of swift fired the start-up hook).
+
+    The plugin modules call their register function again as their last line, so nothing is lost.
+    """
+    module = sys.modules.get(module_name)
+    return module is not None and not hasattr(module, attribute)
+
 
 def register_templates() -> None:
     """Template ``moon`` (needs ``swift.template`` fully imported)."""
+    if _still_importing("moon_swift.template", "MoonTemplate"):
+        return
     from swift.template import TEMPLATE_MAPPING, register_template
 
     from .template import MOON_TEMPLATE_TYPE, moon_template_meta
@@ -20,6 +33,10 @@ def register_templates() -> None:
 
 def register_models() -> None:
     """Model type ``moon`` (needs ``swift.model`` fully imported)."""
+    if _still_importing("moon_swift.model_loader", "MoonLoader") or _still_importing(
+        "moon_swift.template", "MoonTemplate"
+    ):
+        return
     from swift.model import MODEL_MAPPING, ModelArch, ModelGroup, ModelMeta, register_model
 
     from .model_loader import MOON_MODEL_TYPE, MoonLoader
@@ -44,6 +61,8 @@ def register_models() -> None:
 
 def register_callbacks() -> None:
     """Callback ``moon_moe`` (``--callbacks moon_moe``; needs ``swift.callbacks`` fully imported)."""
+    if _still_importing("moon_swift.callbacks", "MoonMoeCallback"):
+        return
     from swift.callbacks import callbacks_map
 
     from .callbacks import MOON_MOE_CALLBACK, MoonMoeCallback
@@ -51,11 +70,23 @@ def register_callbacks() -> None:
     callbacks_map.setdefault(MOON_MOE_CALLBACK, MoonMoeCallback)
 
 
+def register_losses() -> None:
+    """Loss ``moon_infonce`` (``--loss_type moon_infonce``; needs ``swift.loss`` fully imported)."""
+    if _still_importing("moon_swift.loss", "MoonInfoNCELoss"):
+        return
+    from swift.loss import loss_map
+
+    from .loss import MOON_INFONCE, MoonInfoNCELoss
+
+    loss_map.setdefault(MOON_INFONCE, MoonInfoNCELoss)
+
+
 #: swift module -> what to register once that module has finished importing.
 REGISTRATIONS_AFTER_IMPORT = {
     "swift.template": register_templates,
     "swift.model": register_models,
     "swift.callbacks": register_callbacks,
+    "swift.loss": register_losses,
 }
 
 
@@ -66,3 +97,4 @@ def register_all() -> None:
     register_templates()
     register_models()
     register_callbacks()
+    register_losses()

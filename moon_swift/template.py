@@ -13,8 +13,9 @@ from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
 from swift.template.utils import Context
 
 from .errors import MoonInputError
+from .ids import UNKNOWN_GROUP, group_id_hash
 from .images import fit_image, load_image
-from .markup import ATTRIBUTE_TAGS, CATEGORY_TAGS
+from .markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
 from .modeling.guided_moe import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, TOKEN_OTHER
 
 MOON_TEMPLATE_TYPE = "moon"
@@ -29,6 +30,7 @@ _TAG_TO_MARKER = {
 }
 _SPAN = re.compile(r"<(category|attributes)>(.*?)</\1>", re.S)
 _ANY_TAG = re.compile(r"</?(?:category|attributes)>")
+_GROUP_ID = re.compile(re.escape(GROUP_ID_TAGS[0]) + r"(.*?)" + re.escape(GROUP_ID_TAGS[1]) + r"\n?", re.S)
 
 
 class MoonTemplate(Qwen2_5VLTemplate):
@@ -73,6 +75,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
 
     def _encode(self, inputs: StdTemplateInputs) -> dict[str, Any]:
         """Qwen2.5-VL encoding plus ``token_type_ids``: 1 on category tokens, 2 on attribute tokens."""
+        group_id = take_group_id(inputs)
         mark_product_fields(inputs)
         encoded = super()._encode(inputs)
         tokenizer = self.processor.tokenizer
@@ -93,7 +96,15 @@ class MoonTemplate(Qwen2_5VLTemplate):
         if not all(keep):
             _drop_positions(encoded, keep)
         encoded["token_type_ids"] = types
+        encoded["group_id"] = UNKNOWN_GROUP if group_id is None else group_id_hash(group_id)
         return encoded
+
+    def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
+        groups = [row.pop("group_id", UNKNOWN_GROUP) for row in batch]
+        collated = super()._data_collator(batch, padding_to=padding_to)
+        if any(group != UNKNOWN_GROUP for group in groups):
+            collated["group_ids"] = torch.tensor(groups, dtype=torch.long)
+        return collated
 
     def _truncate(self, input_ids, labels, encoded, truncation_strategy):
         original = list(input_ids)
@@ -106,8 +117,9 @@ class MoonTemplate(Qwen2_5VLTemplate):
     def _post_encode(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
         # swift's training path keeps only a fixed list of keys next to inputs_embeds
         encoded = super()._post_encode(model, inputs)
-        if inputs.get("token_type_ids") is not None:
-            encoded["token_type_ids"] = inputs["token_type_ids"]
+        for key in ("token_type_ids", "group_ids"):
+            if inputs.get(key) is not None:
+                encoded[key] = inputs[key]
         return encoded
 
     def _preprocess_inputs(self, inputs: StdTemplateInputs) -> None:
@@ -120,6 +132,20 @@ class MoonTemplate(Qwen2_5VLTemplate):
         if not inputs.images and not any(text.replace("<image>", "").strip() for text in texts):
             raise MoonInputError("the row has neither text nor images (empty text)", field="messages")
         super()._preprocess_inputs(inputs)
+
+
+def take_group_id(inputs: StdTemplateInputs) -> str | None:
+    """Remove ``<group_id>...</group_id>`` from the messages and return the id (None if absent)."""
+    found = []
+    for message in inputs.messages or []:
+        content = message.get("content")
+        if isinstance(content, str) and GROUP_ID_TAGS[0] in content:
+            found += _GROUP_ID.findall(content)
+            message["content"] = _GROUP_ID.sub("", content)
+    ids = {value.strip() for value in found}
+    if len(ids) > 1:
+        raise MoonInputError(f"one row names several group ids {sorted(ids)}", field="messages")
+    return ids.pop() if ids else None
 
 
 def mark_product_fields(inputs: StdTemplateInputs) -> None:
@@ -192,3 +218,9 @@ class MoonTemplateMeta(QwenTemplateMeta):
 
 def moon_template_meta() -> MoonTemplateMeta:
     return MoonTemplateMeta(MOON_TEMPLATE_TYPE, template_cls=MoonTemplate)
+
+
+# Registered here too: the start-up hook may have fired while this module was half-imported.
+from .register import register_templates  # noqa: E402
+
+register_templates()

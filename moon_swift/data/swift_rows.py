@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..markup import ATTRIBUTE_TAGS, CATEGORY_TAGS
+from ..markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
 from .records import ProductRecord
 
 
@@ -16,7 +16,8 @@ def product_content(record: ProductRecord, *, with_title: bool = True) -> str:
     """The product as one user turn: every image, then title, category path and attributes.
 
     Category and attributes are wrapped in ``<category>``/``<attributes>`` markup, which the
-    ``moon`` template turns into token types for the guided MoE experts.
+    ``moon`` template turns into token types for the guided MoE experts; ``<group_id>`` carries the
+    id used to mask false negatives (the template removes it before tokenizing).
     """
     lines = [record.title] if with_title else []
     if record.category_path:
@@ -24,26 +25,34 @@ def product_content(record: ProductRecord, *, with_title: bool = True) -> str:
     if record.attributes:
         attributes = "; ".join(f"{name}: {value}" for name, value in record.attributes.items())
         lines.append(f"{ATTRIBUTE_TAGS[0]}{attributes}{ATTRIBUTE_TAGS[1]}")
-    return "<image>" * len(record.images) + "\n".join(lines)
+    group = record.group_id or record.product_id
+    return f"{GROUP_ID_TAGS[0]}{group}{GROUP_ID_TAGS[1]}" + "<image>" * len(record.images) + "\n".join(lines)
 
 
 def product_messages(record: ProductRecord, *, with_title: bool = True) -> list[dict[str, str]]:
     return [{"role": "user", "content": product_content(record, with_title=with_title)}]
 
 
-def title_to_product_row(record: ProductRecord) -> dict[str, Any]:
+def title_to_product_row(record: ProductRecord, negatives: Sequence[ProductRecord] = ()) -> dict[str, Any]:
     """Anchor = the title as a text query; positive = the product without its title (images,
-    category, attributes), so the pair teaches matching text to what the product looks like."""
-    return {
+    category, attributes), so the pair teaches matching text to what the product looks like.
+    ``negatives`` become the row's explicit hard negatives (same product layout)."""
+    row = {
         "messages": [{"role": "user", "content": record.title}],
         "positive_messages": [product_messages(record, with_title=False)],
         "positive_images": [list(record.images)],
     }
+    if negatives:
+        row["negative_messages"] = [product_messages(n, with_title=False) for n in negatives]
+        row["negative_images"] = [list(n.images) for n in negatives]
+    return row
 
 
-def title_to_product_rows(records: Iterable[ProductRecord]) -> Iterator[dict[str, Any]]:
-    for record in records:
-        yield title_to_product_row(record)
+def title_to_product_rows(
+    records: Sequence[ProductRecord], negatives: Sequence[Sequence[ProductRecord]] | None = None
+) -> Iterator[dict[str, Any]]:
+    for index, record in enumerate(records):
+        yield title_to_product_row(record, negatives[index] if negatives else ())
 
 
 def is_held_out(product_id: str, fraction: float) -> bool:

@@ -14,7 +14,7 @@ SUPPORTED_POOLING = ("mean", "last")
 #: The fields MoonConfig adds to Qwen2.5-VL's.
 MOON_FIELDS = (
     "base_model_type", "pooling", "normalize", "moe_layers", "num_experts", "moe_top_k", "guided_experts",
-    "shared_expert", "moe_aux_loss_coef", "moe_z_loss_coef",
+    "shared_expert", "moe_aux_loss_coef", "moe_z_loss_coef", "learnable_temperature", "init_temperature",
 )  # fmt: skip
 
 
@@ -39,6 +39,9 @@ class MoonConfig(Qwen2_5_VLConfig):
         shared_expert: an always-on expert averaged with the token's expert output.
         moe_aux_loss_coef: weight of the Switch/Mixtral load-balancing loss.
         moe_z_loss_coef: weight of the router z-loss (0: off).
+        learnable_temperature: learn the contrastive temperature as a model parameter
+            (``logit_scale``, CLIP-style); ``moon_infonce`` then uses it instead of its fixed one.
+        init_temperature: its starting value.
     """
 
     model_type = "moon"
@@ -53,6 +56,8 @@ class MoonConfig(Qwen2_5_VLConfig):
     shared_expert: bool = False
     moe_aux_loss_coef: float = 0.01
     moe_z_loss_coef: float = 0.0
+    learnable_temperature: bool = False
+    init_temperature: float = 0.05
 
     def __post_init__(self, **kwargs):
         if self.base_model_type not in SUPPORTED_BASE_MODEL_TYPES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,11 +28,15 @@ class MoonEmbeddingOutput(ModelOutput):
     Per-token states are in ``hidden_states`` (the last entry is what was pooled) when
     ``output_hidden_states=True``. ``moe_aux_loss`` (MoE models) is the weighted auxiliary loss,
     detached: it is already applied to the gradients inside the MoE layers, so adding it to a loss
-    would count it twice. It is there for logging.
+    would count it twice. It is there for logging. ``logit_scale`` (log inverse temperature) is
+    returned when the temperature is learned; ``group_ids`` echoes the template's product/group
+    ids so that ``moon_infonce`` can mask false negatives.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     moe_aux_loss: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    group_ids: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -90,7 +95,15 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
         for index in config.moe_layers:
             expert_cls = type(layers[index].mlp)
             layers[index].mlp = GuidedMoE(config.text_config, settings, expert_cls, layer_index=index)
+        if config.learnable_temperature:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self and self.config.learnable_temperature:
+            with torch.no_grad():
+                self.logit_scale.fill_(math.log(1.0 / self.config.init_temperature))
 
     def moe_layers(self) -> dict[int, GuidedMoE]:
         """Decoder layer index -> its GuidedMoE (empty for the dense model)."""
@@ -129,6 +142,7 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
         image_grid_thw: torch.LongTensor | None = None,
         video_grid_thw: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
+        group_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -160,6 +174,8 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
         return MoonEmbeddingOutput(
             last_hidden_state=self.pool(outputs.last_hidden_state, mask),
             moe_aux_loss=torch.stack(aux).sum() if aux else None,
+            logit_scale=self.logit_scale if self.config.learnable_temperature else None,
+            group_ids=group_ids,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -18,16 +18,20 @@ def _records(n):
 def test_product_content_marks_category_and_attributes():
     record = ProductRecord("1", "Blue Tee", ["/a.jpg"], ["Apparel", "Tshirts"], {"colour": "Blue", "gender": "Men"})
     assert product_content(record) == (
-        "<image>Blue Tee\n<category>Apparel > Tshirts</category>\n<attributes>colour: Blue; gender: Men</attributes>"
+        "<group_id>1</group_id><image>Blue Tee\n<category>Apparel > Tshirts</category>\n"
+        "<attributes>colour: Blue; gender: Men</attributes>"
     )
-    assert product_content(ProductRecord("2", "Plain", ["/b.jpg"]), with_title=False) == "<image>"
+    plain = ProductRecord("2", "Plain", ["/b.jpg"], group_id="G7")
+    assert product_content(plain, with_title=False) == "<group_id>G7</group_id><image>"
 
 
 def test_rows_are_in_swift_embedding_format_with_every_product_image(tmp_path):
     rows = list(title_to_product_rows(_records(2)))
     assert rows[0] == {
         "messages": [{"role": "user", "content": "title 0"}],
-        "positive_messages": [[{"role": "user", "content": "<image><image><category>A > B</category>"}]],
+        "positive_messages": [
+            [{"role": "user", "content": "<group_id>0</group_id><image><image><category>A > B</category>"}]
+        ],
         "positive_images": [["/img/0a.jpg", "/img/0b.jpg"]],
     }
     assert write_jsonl(rows, tmp_path / "rows.jsonl") == 2
