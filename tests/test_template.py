@@ -110,3 +110,23 @@ def test_token_types_follow_truncation(tiny_moon_dir):
     encoded = template.encode({"messages": [{"role": "user", "content": "x" * 40 + "<category>Shoes</category>"}]})
     assert len(encoded["input_ids"]) == len(encoded["token_type_ids"]) == 30
     assert _tokens_of_type(template, encoded, 1) == "Shoes"
+
+
+def test_group_id_markup_is_removed_and_batched_as_ids(moon_template, catalog_images):
+    from moon_swift.ids import group_id_hash
+
+    rows = [{"messages": [{"role": "user", "content": f"<group_id>SKU-{i}</group_id><image>"}],
+             "images": [str(catalog_images[i])]} for i in range(2)]  # fmt: skip
+    rows.append({"messages": [{"role": "user", "content": "a query without id"}]})
+    encoded = [moon_template.encode(row) for row in rows]
+    assert "group_id" not in moon_template.processor.tokenizer.decode(encoded[0]["input_ids"])
+    batch = moon_template.data_collator(encoded)
+    assert batch["group_ids"].tolist() == [group_id_hash("SKU-0"), group_id_hash("SKU-1"), -1]
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+
+
+def test_a_row_with_two_group_ids_is_refused(moon_template):
+    with pytest.raises(MoonInputError, match="several group ids"):
+        moon_template.encode(
+            {"messages": [{"role": "user", "content": "<group_id>a</group_id><group_id>b</group_id>x"}]}
+        )

@@ -33,7 +33,7 @@ def category_negatives(records: Sequence[ProductRecord], k: int, seed: int = 0) 
         taken = {group_of(record)}
         path = tuple(record.category_path)
         for depth in range(len(path), 0, -1):  # leaf first, then the parent levels
-            pool = [r for r in by_path[path[:depth]] if group_of(r) not in taken]
+            pool = sorted((r for r in by_path[path[:depth]] if group_of(r) not in taken), key=lambda r: r.product_id)
             rng.shuffle(pool)
             for candidate in pool[: k - len(chosen)]:
                 chosen.append(candidate)
