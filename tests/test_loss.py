@@ -164,7 +164,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_step(rank, world_size, port, embeddings, labels_per_rank, rows_per_rank, weight, out):
+def _rank_step(rank, world_size, port, embeddings, labels_per_rank, rows_per_rank, groups, weight, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MOON_INFONCE_SPATIAL="1")
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -172,7 +172,8 @@ def _rank_step(rank, world_size, port, embeddings, labels_per_rank, rows_per_ran
         w = weight.clone().requires_grad_()
         local = F.normalize(embeddings[start : start + rows_per_rank[rank]] @ w, dim=-1)
         loss_fn = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=None), TrainerDouble())
-        loss = loss_fn({"last_hidden_state": local}, labels_per_rank[rank])
+        local_groups = groups[start : start + rows_per_rank[rank]]
+        loss = loss_fn({"last_hidden_state": local, "group_ids": local_groups}, labels_per_rank[rank])
         loss.backward()
         grad = w.grad.clone()
         dist.all_reduce(grad)  # what DDP / DeepSpeed do: average the ranks' gradients
@@ -189,13 +190,28 @@ def test_two_processes_with_spatial_negatives_equal_one_process_on_the_whole_bat
     weight = torch.randn(6, 5, dtype=torch.float64)
     labels_per_rank = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])]
     rows_per_rank = [5, 6]  # unequal halves: rank 1 holds two samples, one with two negatives
+    groups = torch.arange(100, 111)
+    groups[9] = groups[1]  # a hard negative on rank 1 is rank 0's first positive: masked across ranks
     out = tmp_path / "rank0.pt"
-    mp.spawn(_rank_step, args=(2, _free_port(), features, labels_per_rank, rows_per_rank, weight, str(out)), nprocs=2)
+    spawn_args = (2, _free_port(), features, labels_per_rank, rows_per_rank, groups, weight, str(out))
+    mp.spawn(_rank_step, args=spawn_args, nprocs=2)
     distributed = torch.load(out)
 
     w = weight.clone().requires_grad_()
     single = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=None), TrainerDouble())
-    loss = single({"last_hidden_state": F.normalize(features @ w, dim=-1)}, torch.cat(labels_per_rank))
+    outputs = {"last_hidden_state": F.normalize(features @ w, dim=-1), "group_ids": groups}
+    loss = single(outputs, torch.cat(labels_per_rank))
+    assert single.trainer.custom_metrics["train"]["moon_infonce/false_negatives_masked"].values == [1.0]
     loss.backward()
     torch.testing.assert_close(distributed["loss"], loss.detach())
     torch.testing.assert_close(distributed["grad"], w.grad)
+
+
+def test_a_learned_temperature_is_used_and_trained(monkeypatch):
+    embeddings, labels = batch([1, 1])
+    logit_scale = torch.tensor(math.log(1 / 0.2), dtype=torch.float64, requires_grad=True)
+    loss = make_loss(monkeypatch)({"last_hidden_state": embeddings, "logit_scale": logit_scale}, labels)
+    groups = list(range(len(embeddings)))
+    assert loss.item() == pytest.approx(reference(embeddings, labels, groups, temperature=0.2), rel=1e-9)
+    loss.backward()
+    assert logit_scale.grad is not None and logit_scale.grad != 0

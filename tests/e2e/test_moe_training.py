@@ -72,10 +72,12 @@ def test_ablation_switch_trains_through_swift_sft(ablation, moon_models, train_j
     assert all(not torch.equal(before[k], after[k]) for k in before), "routers did not train"
 
 
-def test_zero3_two_processes_with_guided_moe(moon_models, train_jsonl, tmp_path):
-    result, logs = sft(moon_models["guided_moe"], train_jsonl, tmp_path / "out", "--deepspeed", "zero3",
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_two_processes_with_guided_moe(zero, moon_models, train_jsonl, tmp_path):
+    result, logs = sft(moon_models["guided_moe"], train_jsonl, tmp_path / "out", "--deepspeed", zero,
                        env={"NPROC_PER_NODE": "2"})  # fmt: skip
-    assert "Setting z3_leaf_modules" in result.stdout and "GuidedMoE" in result.stdout
+    if zero == "zero3":  # experts without tokens on one rank must not stall the others
+        assert "Setting z3_leaf_modules" in result.stdout and "GuidedMoE" in result.stdout
     assert len(logs) == 3 and all("moe_aux_loss" in entry for entry in logs)
     from transformers import AutoModel
 
