@@ -105,6 +105,24 @@ def cmd_check_data(args: argparse.Namespace) -> None:
         raise MoonInputError(f"{bad} bad rows in {len(args.files)} file(s)")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import os
+
+    from .data import read_records
+    from .eval.run import run_eval
+
+    os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
+    records = read_records(args.products)
+    if not records:
+        raise MoonInputError("no products to evaluate", file=args.products)
+    out = Path(args.out) if args.out else None
+    table = run_eval(args.model, records, out, index=args.index, batch_size=args.batch_size)
+    print(f"\n{len(records)} products from {args.products}")
+    print(table)
+    if out:
+        print(f"\nresults: {out / 'eval.json'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
 
@@ -159,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help="JSONL files in swift's embedding format")
     p.add_argument("--keep-going", action="store_true", help="report every bad row instead of stopping at the first")
     p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("eval", help="evaluate one or more MOON checkpoints side by side (retrieval, classification)")
+    p.add_argument("--model", action="append", required=True, help="checkpoint directory (repeat to compare)")
+    p.add_argument("--products", required=True, help="products JSONL (as written by prepare-data)")
+    p.add_argument("--out", help="directory for eval.json")
+    p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index (flat = exact)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="build a tiny MOON, train it with `swift sft` on real products, evaluate")
     p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")

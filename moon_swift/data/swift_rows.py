@@ -12,7 +12,7 @@ from ..markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
 from .records import ProductRecord
 
 
-def product_content(record: ProductRecord, *, with_title: bool = True) -> str:
+def product_content(record: ProductRecord, *, with_title: bool = True, with_fields: bool = True) -> str:
     """The product as one user turn: every image, then title, category path and attributes.
 
     Category and attributes are wrapped in ``<category>``/``<attributes>`` markup, which the
@@ -20,17 +20,18 @@ def product_content(record: ProductRecord, *, with_title: bool = True) -> str:
     id used to mask false negatives (the template removes it before tokenizing).
     """
     lines = [record.title] if with_title else []
-    if record.category_path:
+    if with_fields and record.category_path:
         lines.append(f"{CATEGORY_TAGS[0]}{' > '.join(record.category_path)}{CATEGORY_TAGS[1]}")
-    if record.attributes:
+    if with_fields and record.attributes:
         attributes = "; ".join(f"{name}: {value}" for name, value in record.attributes.items())
         lines.append(f"{ATTRIBUTE_TAGS[0]}{attributes}{ATTRIBUTE_TAGS[1]}")
     group = record.group_id or record.product_id
     return f"{GROUP_ID_TAGS[0]}{group}{GROUP_ID_TAGS[1]}" + "<image>" * len(record.images) + "\n".join(lines)
 
 
-def product_messages(record: ProductRecord, *, with_title: bool = True) -> list[dict[str, str]]:
-    return [{"role": "user", "content": product_content(record, with_title=with_title)}]
+def product_messages(record: ProductRecord, **parts: bool) -> list[dict[str, str]]:
+    """``parts``: ``with_title`` / ``with_fields`` of :func:`product_content`."""
+    return [{"role": "user", "content": product_content(record, **parts)}]
 
 
 def title_to_product_row(record: ProductRecord, negatives: Sequence[ProductRecord] = ()) -> dict[str, Any]:

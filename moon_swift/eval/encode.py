@@ -21,8 +21,9 @@ def query_request(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
-def product_request(record: ProductRecord, *, with_title: bool = True) -> dict[str, Any]:
-    return {"messages": product_messages(record, with_title=with_title), "images": list(record.images)}
+def product_request(record: ProductRecord, **parts: bool) -> dict[str, Any]:
+    """``parts``: ``with_title`` / ``with_fields`` (category and attributes), both on by default."""
+    return {"messages": product_messages(record, **parts), "images": list(record.images)}
 
 
 class ProductEncoder:
@@ -74,6 +75,7 @@ class ProductEncoder:
         return self.encode([query_request(text) for text in texts], **kwargs)
 
     def encode_products(
-        self, records: Sequence[ProductRecord], *, with_title: bool = True, **kwargs: Any
+        self, records: Sequence[ProductRecord], *, with_title: bool = True, with_fields: bool = True, **kwargs: Any
     ) -> np.ndarray:
-        return self.encode([product_request(record, with_title=with_title) for record in records], **kwargs)
+        requests = [product_request(r, with_title=with_title, with_fields=with_fields) for r in records]
+        return self.encode(requests, **kwargs)
