@@ -6,8 +6,7 @@ import csv
 from pathlib import Path
 
 from ..errors import MoonInputError
-from ..images import image_problem
-from .records import BadRowLog, OnBadRow, ProductRecord, logger
+from .records import BadRowLog, OnBadRow, ProductRecord, checked_record, logger
 
 REQUIRED_COLUMNS = ("id", "image", "masterCategory", "subCategory", "articleType", "productDisplayName")
 CATEGORY_COLUMNS = ("masterCategory", "subCategory", "articleType")
@@ -42,7 +41,6 @@ def read_fashion_catalog(
             total += 1
             record = _record(row, row_number, csv_path, catalog_dir, seen, log)
             if record is not None:
-                seen.add(record.product_id)
                 records.append(record)
     logger.info(log.summary(total, str(csv_path)))
     return records
@@ -51,28 +49,15 @@ def read_fashion_catalog(
 def _record(
     row: dict[str, str], row_number: int, csv_path: Path, catalog_dir: Path, seen: set[str], log: BadRowLog
 ) -> ProductRecord | None:
-    where = {"file": str(csv_path), "row": row_number}
-    product_id = (row.get("id") or "").strip()
-    if not product_id:
-        log.bad(MoonInputError("empty product id", field="id", **where), "empty id")
-        return None
-    if product_id in seen:
-        log.bad(MoonInputError(f"duplicate product id {product_id!r}", field="id", **where), "duplicate id")
-        return None
-    title = (row.get("productDisplayName") or "").strip()
-    if not title:
-        log.bad(MoonInputError("empty title", field="productDisplayName", **where), "empty title")
-        return None
     image = (row.get("image") or "").strip()
-    image_path = catalog_dir / image
-    problem = image_problem(str(image_path)) if image else "empty image path"
-    if problem:
-        log.bad(MoonInputError(f"{problem}: {image_path}", field="image", **where), "bad image")
-        return None
-    return ProductRecord(
-        product_id=product_id,
-        title=title,
-        images=[str(image_path.resolve())],
+    return checked_record(
+        log,
+        seen,
+        {"file": str(csv_path), "row": row_number},
+        product_id=(row.get("id") or "").strip(),
+        title=(row.get("productDisplayName") or "").strip(),
+        images=[str((catalog_dir / image).resolve())] if image else [],
         category_path=[row[c].strip() for c in CATEGORY_COLUMNS if (row.get(c) or "").strip()],
         attributes={c: row[c].strip() for c in ATTRIBUTE_COLUMNS if (row.get(c) or "").strip()},
+        fields=("id", "productDisplayName", "image"),
     )
