@@ -108,16 +108,28 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import os
 
-    from .data import read_records
+    from .data import read_fashion_catalog, read_records
+    from .data.catalog_files import read_catalog, read_pairs
+    from .data.mbe import read_mbe
     from .eval.run import run_eval
 
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
-    records = read_records(args.products)
+    pairs = []
+    if args.format == "records":
+        records = read_records(args.products)
+    elif args.format == "fashion":
+        records = read_fashion_catalog(args.products, on_bad_row=args.on_bad_row)
+    elif args.format == "mbe":
+        records, pairs = read_mbe(args.products, on_bad_row=args.on_bad_row)
+    else:
+        records = read_catalog(args.products, on_bad_row=args.on_bad_row)
+    if args.pairs:
+        pairs = read_pairs(args.pairs, records, on_bad_row=args.on_bad_row)
     if not records:
         raise MoonInputError("no products to evaluate", file=args.products)
     out = Path(args.out) if args.out else None
-    table = run_eval(args.model, records, out, index=args.index, batch_size=args.batch_size)
-    print(f"\n{len(records)} products from {args.products}")
+    table = run_eval(args.model, records, out, pairs, index=args.index, batch_size=args.batch_size)
+    print(f"\n{len(records)} products from {args.products}" + (f", {len(pairs)} queries" if pairs else ""))
     print(table)
     if out:
         print(f"\nresults: {out / 'eval.json'}")
@@ -180,7 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate one or more MOON checkpoints side by side (retrieval, classification)")
     p.add_argument("--model", action="append", required=True, help="checkpoint directory (repeat to compare)")
-    p.add_argument("--products", required=True, help="products JSONL (as written by prepare-data)")
+    p.add_argument("--products", required=True, help="the catalog: a file or directory, see --format")
+    p.add_argument(
+        "--format",
+        choices=["records", "generic", "mbe", "fashion"],
+        default="records",
+        help="records: products JSONL from prepare-data; generic: catalog CSV/JSONL; mbe: MBE JSON; "
+        "fashion: a products.csv + images/ directory",
+    )
+    p.add_argument("--pairs", help="behaviour pairs CSV/JSONL (query_text/query_image -> product_id)")
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
     p.add_argument("--out", help="directory for eval.json")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index (flat = exact)")
     p.add_argument("--batch-size", type=int, default=16)

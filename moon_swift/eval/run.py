@@ -8,29 +8,45 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.catalog_files import QueryPair
 from ..data.records import ProductRecord
-from .encode import ProductEncoder
+from .encode import ProductEncoder, query_request
 from .index import IndexKind
 from .tasks import attribute_prediction, retrieval, zero_shot_classification
 
 
-def evaluate_model(model_dir: str, records: Sequence[ProductRecord], *, index: IndexKind = "flat",
-                   batch_size: int = 16) -> dict[str, dict]:  # fmt: skip
+def evaluate_model(model_dir: str, records: Sequence[ProductRecord], pairs: Sequence[QueryPair] = (), *,
+                   index: IndexKind = "flat", batch_size: int = 16) -> dict[str, dict]:  # fmt: skip
     """Every task for one model. Products are encoded once per view:
 
-    * retrieval: title -> product (images, category, attributes; no title), the training pairs' view;
+    * with behaviour ``pairs``: text -> product and image -> product over the full products;
+      without: title -> product (images, category, attributes; no title), the catalog pairs' view;
     * classification / attributes: products as images + title only (the label must not be in the input).
     """
     encoder = ProductEncoder(model_dir, batch_size=batch_size)
     name = Path(model_dir).name
-    titles = encoder.encode_queries([r.title for r in records], desc=f"titles   {name}")
-    catalog = encoder.encode_products(records, with_title=False, desc=f"products {name}")
+    results = {}
+    if pairs:
+        catalog = encoder.encode_products(records, desc=f"products {name}")
+        position = {record.product_id: i for i, record in enumerate(records)}
+        for kind in ("text", "image"):
+            chosen = [p for p in pairs if (p.query_text if kind == "text" else p.query_image)]
+            if not chosen:
+                continue
+            requests = [query_request(p.query_text) if kind == "text" else
+                        {"messages": [{"role": "user", "content": "<image>"}], "images": [p.query_image]}
+                        for p in chosen]  # fmt: skip
+            queries = encoder.encode(requests, desc=f"{kind} queries {name}")
+            targets = [position[p.product_id] for p in chosen]
+            results[f"retrieval/{kind}->product"] = retrieval(queries, catalog, targets, index=index)
+    else:
+        titles = encoder.encode_queries([r.title for r in records], desc=f"titles   {name}")
+        catalog = encoder.encode_products(records, with_title=False, desc=f"products {name}")
+        results["retrieval/title->product"] = retrieval(titles, catalog, np.arange(len(records)), index=index)
     plain = encoder.encode_products(records, with_fields=False, desc=f"plain    {name}")
-    return {
-        "retrieval/title->product": retrieval(titles, catalog, np.arange(len(records)), index=index),
-        "classification": zero_shot_classification(encoder, plain, records),
-        "attributes": attribute_prediction(encoder, plain, records),
-    }
+    results["classification"] = zero_shot_classification(encoder, plain, records)
+    results["attributes"] = attribute_prediction(encoder, plain, records)
+    return results
 
 
 def flatten(results: dict[str, dict]) -> dict[str, float]:
@@ -59,8 +75,14 @@ def format_side_by_side(per_model: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(models: Sequence[str], records: Sequence[ProductRecord], out_dir: Path | None, **kwargs) -> str:
-    per_model = {model: flatten(evaluate_model(model, records, **kwargs)) for model in models}
+def run_eval(
+    models: Sequence[str],
+    records: Sequence[ProductRecord],
+    out_dir: Path | None,
+    pairs: Sequence[QueryPair] = (),
+    **kwargs,
+) -> str:
+    per_model = {model: flatten(evaluate_model(model, records, pairs, **kwargs)) for model in models}
     table = format_side_by_side(per_model)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

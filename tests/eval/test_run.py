@@ -1,0 +1,53 @@
+"""`moon-swift eval` through the real command line, on a generic catalog with behaviour pairs."""
+
+import json
+import shutil
+from pathlib import Path
+
+from helpers import FASHION_CATALOG, run_cli, swift_executable
+
+
+def _write_catalog(root: Path) -> tuple[Path, Path]:
+    (root / "img").mkdir()
+    products = []
+    for i, name in enumerate(["10002.jpg", "10005.jpg", "10008.jpg", "10011.jpg"]):
+        shutil.copy(FASHION_CATALOG / "images" / name, root / "img" / name)
+        products.append({"product_id": f"P{i}", "title": f"product {i}", "images": [f"img/{name}"],
+                         "category_path": ["Apparel", "Skirts" if i % 2 else "Tshirts"],
+                         "attributes": {"colour": "Blue" if i < 2 else "Grey"}})  # fmt: skip
+    catalog = root / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(p) + "\n" for p in products))
+    pairs = root / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"query_text": "blue tee", "product_id": "P0"}) + "\n"
+        + json.dumps({"query_image": "img/10005.jpg", "product_id": "P1"}) + "\n"
+    )  # fmt: skip
+    return catalog, pairs
+
+
+def moon_swift_cli() -> str:
+    return str(Path(swift_executable()).with_name("moon-swift"))
+
+
+def test_eval_compares_models_on_text_and_image_queries(tiny_moon_dir, tmp_path):
+    catalog, pairs = _write_catalog(tmp_path)
+    result = run_cli([moon_swift_cli(), "eval", "--model", str(tiny_moon_dir), "--model", str(tiny_moon_dir),
+                      "--products", str(catalog), "--format", "generic", "--pairs", str(pairs),
+                      "--out", str(tmp_path / "out")])  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "4 products from" in result.stdout and "2 queries" in result.stdout
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    (metrics,) = report["models"].values()  # the same model twice: one column
+    assert metrics["retrieval/image->product/recall@10"] == 1.0  # 4 products: always in the top 10
+    assert {"retrieval/text->product/mrr", "classification/level2/accuracy", "attributes/colour/accuracy"} <= set(
+        metrics
+    )
+
+
+def test_eval_refuses_pairs_outside_the_catalog(tiny_moon_dir, tmp_path):
+    catalog, pairs = _write_catalog(tmp_path)
+    pairs.write_text(json.dumps({"query_text": "q", "product_id": "missing"}) + "\n")
+    result = run_cli([moon_swift_cli(), "eval", "--model", str(tiny_moon_dir), "--products", str(catalog),
+                      "--format", "generic", "--pairs", str(pairs)])  # fmt: skip
+    assert result.returncode == 2
+    assert f"file {pairs}, row 1, field 'product_id': product 'missing' is not in the catalog" in result.stdout
