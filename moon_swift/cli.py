@@ -105,15 +105,12 @@ def cmd_check_data(args: argparse.Namespace) -> None:
         raise MoonInputError(f"{bad} bad rows in {len(args.files)} file(s)")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    import os
-
+def _load_catalog(args: argparse.Namespace):
+    """(records, pairs) from ``--products`` in ``--format``, plus ``--pairs``."""
     from .data import read_fashion_catalog, read_records
     from .data.catalog_files import read_catalog, read_pairs
     from .data.mbe import read_mbe
-    from .eval.run import run_eval
 
-    os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
     pairs = []
     if args.format == "records":
         records = read_records(args.products)
@@ -123,10 +120,52 @@ def cmd_eval(args: argparse.Namespace) -> None:
         records, pairs = read_mbe(args.products, on_bad_row=args.on_bad_row)
     else:
         records = read_catalog(args.products, on_bad_row=args.on_bad_row)
-    if args.pairs:
+    if getattr(args, "pairs", None):
         pairs = read_pairs(args.pairs, records, on_bad_row=args.on_bad_row)
     if not records:
-        raise MoonInputError("no products to evaluate", file=args.products)
+        raise MoonInputError("no products in the catalog", file=args.products)
+    return records, pairs
+
+
+def _add_catalog_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--products", required=True, help="the catalog: a file or directory, see --format")
+    p.add_argument(
+        "--format",
+        choices=["records", "generic", "mbe", "fashion"],
+        default="records",
+        help="records: products JSONL from prepare-data; generic: catalog CSV/JSONL; mbe: MBE JSON; "
+        "fashion: a products.csv + images/ directory",
+    )
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    import os
+
+    from .eval.encode import ProductEncoder
+    from .eval.export import write_faiss, write_milvus
+
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    records, _ = _load_catalog(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    embeddings = ProductEncoder(args.model, batch_size=args.batch_size).encode_products(records, desc="catalog")
+    faiss_path = out / "catalog.faiss"
+    write_faiss(embeddings, records, faiss_path, args.index)
+    uri = args.milvus_uri or str(out / "milvus.db")
+    count = write_milvus(embeddings, records, uri, args.collection, token=os.environ.get("MILVUS_TOKEN"))
+    print(f"{len(records)} products, {embeddings.shape[1]}-d embeddings from {args.model}")
+    print(f"  faiss ({args.index}): {faiss_path} + {faiss_path.with_suffix('.ids.json').name}")
+    print(f"  milvus: {count} entities in collection {args.collection!r} at {uri}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import os
+
+    from .eval.run import run_eval
+
+    os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
+    records, pairs = _load_catalog(args)
     out = Path(args.out) if args.out else None
     table = run_eval(args.model, records, out, pairs, index=args.index, batch_size=args.batch_size)
     print(f"\n{len(records)} products from {args.products}" + (f", {len(pairs)} queries" if pairs else ""))
@@ -192,20 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate one or more MOON checkpoints side by side (retrieval, classification)")
     p.add_argument("--model", action="append", required=True, help="checkpoint directory (repeat to compare)")
-    p.add_argument("--products", required=True, help="the catalog: a file or directory, see --format")
-    p.add_argument(
-        "--format",
-        choices=["records", "generic", "mbe", "fashion"],
-        default="records",
-        help="records: products JSONL from prepare-data; generic: catalog CSV/JSONL; mbe: MBE JSON; "
-        "fashion: a products.csv + images/ directory",
-    )
+    _add_catalog_arguments(p)
     p.add_argument("--pairs", help="behaviour pairs CSV/JSONL (query_text/query_image -> product_id)")
-    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
     p.add_argument("--out", help="directory for eval.json")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index (flat = exact)")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="write catalog embeddings to a faiss index file and a Milvus collection")
+    p.add_argument("--model", required=True, help="MOON checkpoint directory")
+    _add_catalog_arguments(p)
+    p.add_argument("--out", required=True, help="directory for catalog.faiss (and milvus.db for Milvus Lite)")
+    p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index kind")
+    p.add_argument(
+        "--milvus-uri", help="Milvus server URI (default: Milvus Lite file OUT/milvus.db); token: $MILVUS_TOKEN"
+    )
+    p.add_argument("--collection", default="moon_products", help="Milvus collection (recreated)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("demo", help="build a tiny MOON, train it with `swift sft` on real products, evaluate")
     p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")

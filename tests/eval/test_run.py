@@ -1,28 +1,9 @@
 """`moon-swift eval` through the real command line, on a generic catalog with behaviour pairs."""
 
 import json
-import shutil
 from pathlib import Path
 
-from helpers import FASHION_CATALOG, run_cli, swift_executable
-
-
-def _write_catalog(root: Path) -> tuple[Path, Path]:
-    (root / "img").mkdir()
-    products = []
-    for i, name in enumerate(["10002.jpg", "10005.jpg", "10008.jpg", "10011.jpg"]):
-        shutil.copy(FASHION_CATALOG / "images" / name, root / "img" / name)
-        products.append({"product_id": f"P{i}", "title": f"product {i}", "images": [f"img/{name}"],
-                         "category_path": ["Apparel", "Skirts" if i % 2 else "Tshirts"],
-                         "attributes": {"colour": "Blue" if i < 2 else "Grey"}})  # fmt: skip
-    catalog = root / "catalog.jsonl"
-    catalog.write_text("".join(json.dumps(p) + "\n" for p in products))
-    pairs = root / "pairs.jsonl"
-    pairs.write_text(
-        json.dumps({"query_text": "blue tee", "product_id": "P0"}) + "\n"
-        + json.dumps({"query_image": "img/10005.jpg", "product_id": "P1"}) + "\n"
-    )  # fmt: skip
-    return catalog, pairs
+from helpers import run_cli, swift_executable, write_generic_catalog
 
 
 def moon_swift_cli() -> str:
@@ -30,7 +11,7 @@ def moon_swift_cli() -> str:
 
 
 def test_eval_compares_models_on_text_and_image_queries(tiny_moon_dir, tmp_path):
-    catalog, pairs = _write_catalog(tmp_path)
+    catalog, pairs = write_generic_catalog(tmp_path)
     result = run_cli([moon_swift_cli(), "eval", "--model", str(tiny_moon_dir), "--model", str(tiny_moon_dir),
                       "--products", str(catalog), "--format", "generic", "--pairs", str(pairs),
                       "--out", str(tmp_path / "out")])  # fmt: skip
@@ -45,7 +26,7 @@ def test_eval_compares_models_on_text_and_image_queries(tiny_moon_dir, tmp_path)
 
 
 def test_eval_refuses_pairs_outside_the_catalog(tiny_moon_dir, tmp_path):
-    catalog, pairs = _write_catalog(tmp_path)
+    catalog, pairs = write_generic_catalog(tmp_path)
     pairs.write_text(json.dumps({"query_text": "q", "product_id": "missing"}) + "\n")
     result = run_cli([moon_swift_cli(), "eval", "--model", str(tiny_moon_dir), "--products", str(catalog),
                       "--format", "generic", "--pairs", str(pairs)])  # fmt: skip
