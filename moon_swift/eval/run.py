@@ -87,4 +87,7 @@ def run_eval(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps({"products": len(records), "models": per_model}, indent=2))
+        from .plots import plot_results
+
+        plot_results(per_model, out_dir)
     return table

@@ -18,6 +18,8 @@ def test_eval_compares_models_on_text_and_image_queries(tiny_moon_dir, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "4 products from" in result.stdout and "2 queries" in result.stdout
     report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    for plot in ("recall_at_k.png", "classification.png"):
+        assert (tmp_path / "out" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (metrics,) = report["models"].values()  # the same model twice: one column
     assert metrics["retrieval/image->product/recall@10"] == 1.0  # 4 products: always in the top 10
     assert {"retrieval/text->product/mrr", "classification/level2/accuracy", "attributes/colour/accuracy"} <= set(

@@ -1,0 +1,106 @@
+"""Evaluation speed, measured in one run on this machine.
+
+    python benchmarks/eval_speed.py [--products 96] [--vectors 1000000] [--dim 256] [--queries 1000]
+
+1. Catalog encoding, products/s: ``moon-swift eval``'s encoder (swift template + batched forward)
+   against swift's own ``TransformersEngine.infer`` on the same tiny MOON model, same batch size.
+2. Search, queries/s over ``--vectors`` x ``--dim`` unit vectors, top-10 inner product: faiss exact
+   (``IndexFlatIP``) against a numpy brute force (matmul + argpartition), each in its own process
+   for its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoding(args) -> None:
+    import torch
+    from swift.infer_engine import InferRequest, TransformersEngine
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import FASHION_CATALOG
+
+    from moon_swift.data import read_fashion_catalog
+    from moon_swift.eval.encode import ProductEncoder, product_request
+    from moon_swift.modeling.tiny import make_tiny
+
+    model_dir = Path(tempfile.mkdtemp()) / "tiny"
+    make_tiny(model_dir, seed=0)
+    records = read_fashion_catalog(FASHION_CATALOG, limit=args.products)
+    requests = [product_request(r) for r in records]
+    ours = ProductEncoder(str(model_dir), batch_size=args.batch_size)
+    engine = TransformersEngine(str(model_dir), model_type="moon", task_type="embedding",
+                                torch_dtype=torch.float32, max_batch_size=args.batch_size)  # fmt: skip
+    ours.encode(requests[: args.batch_size], progress=False)  # warm-up
+    engine.infer([InferRequest(**r) for r in requests[: args.batch_size]])
+    start = time.perf_counter()
+    ours.encode(requests, progress=False)
+    t_ours = time.perf_counter() - start
+    start = time.perf_counter()
+    engine.infer([InferRequest(**r) for r in requests], use_tqdm=False)
+    t_engine = time.perf_counter() - start
+    print(f"encoding {len(requests)} products, batch {args.batch_size}, tiny MOON:")
+    print(f"  moon-swift encoder      {len(requests) / t_ours:8.1f} products/s")
+    print(f"  swift TransformersEngine{len(requests) / t_engine:8.1f} products/s")
+    print(f"  ratio (ours / swift)    {t_engine / t_ours:8.2f}")
+
+
+def search(kind: str, args, results) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((args.vectors, args.dim), dtype=np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = base[rng.choice(args.vectors, args.queries, replace=False)]
+    if kind == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(base)
+        start = time.perf_counter()
+        _, ids = index.search(queries, 10)
+    else:
+        start = time.perf_counter()
+        ids = []
+        for chunk in range(0, len(queries), 100):
+            scores = queries[chunk : chunk + 100] @ base.T
+            top = np.argpartition(-scores, 10, axis=1)[:, :10]
+            ids.append(np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1))
+        ids = np.concatenate(ids)
+    elapsed = time.perf_counter() - start
+    results[kind] = (len(queries) / elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+    encoding(args)
+    context = mp.get_context("spawn")
+    results = context.Manager().dict()
+    for kind in ("numpy", "faiss"):
+        process = context.Process(target=search, args=(kind, args, results))
+        process.start()
+        process.join()
+    print(f"search: {args.queries} queries, top-10 inner product over {args.vectors:,} x {args.dim}:")
+    for kind in ("numpy", "faiss"):
+        qps, rss = results[kind]
+        print(f"  {kind:<6} {qps:10.1f} queries/s   peak RSS {rss:8.0f} MB")
+    print(f"  ratio (faiss / numpy) {results['faiss'][0] / results['numpy'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
