@@ -167,7 +167,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
     records, pairs = _load_catalog(args)
     out = Path(args.out) if args.out else None
-    table = run_eval(args.model, records, out, pairs, index=args.index, batch_size=args.batch_size)
+    cache = Path(args.cache_dir) if args.cache_dir else (out / "cache" if out else None)
+    table = run_eval(args.model, records, out, pairs, index=args.index, batch_size=args.batch_size, cache_dir=cache)
     print(f"\n{len(records)} products from {args.products}" + (f", {len(pairs)} queries" if pairs else ""))
     print(table)
     if out:
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, help="checkpoint directory (repeat to compare)")
     _add_catalog_arguments(p)
     p.add_argument("--pairs", help="behaviour pairs CSV/JSONL (query_text/query_image -> product_id)")
+    p.add_argument("--cache-dir", help="embedding cache (default OUT/cache with --out; reruns skip encoding)")
     p.add_argument("--out", help="directory for eval.json")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index (flat = exact)")
     p.add_argument("--batch-size", type=int, default=16)

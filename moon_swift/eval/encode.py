@@ -6,7 +6,11 @@ the token sequences and image sizes training saw.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,10 @@ class ProductEncoder:
         torch_dtype: torch.dtype = torch.float32,
         device_map: str = "cpu",
         max_pixels: int | None = None,
+        cache_dir: str | Path | None = None,
     ):
+        """``cache_dir``: keep every encoded batch of requests on disk, keyed by the model's files,
+        the adapters, the image budget and the requests (image files by size and mtime)."""
         from swift.model import get_model_processor
         from swift.template import get_template
 
@@ -56,10 +63,24 @@ class ProductEncoder:
         self.template = get_template(processor, template_type="moon", max_pixels=max_pixels)
         self.template.model = self.model
         self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._fingerprint = _files_fingerprint([model_dir, *adapters]) + f"|max_pixels={max_pixels}"
 
-    @torch.inference_mode()
     def encode(self, requests: Sequence[dict[str, Any]], *, desc: str = "encode", progress: bool = True) -> np.ndarray:
         """L2-normalised embeddings, one row per request (``{"messages": ..., "images": ...}``)."""
+        if self.cache_dir is None:
+            return self._encode(requests, desc=desc, progress=progress)
+        key = hashlib.sha256((self._fingerprint + _requests_fingerprint(requests)).encode()).hexdigest()[:32]
+        path = self.cache_dir / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+        embeddings = self._encode(requests, desc=desc, progress=progress)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(path, embeddings)
+        return embeddings
+
+    @torch.inference_mode()
+    def _encode(self, requests: Sequence[dict[str, Any]], *, desc: str, progress: bool) -> np.ndarray:
         chunks = []
         starts = range(0, len(requests), self.batch_size)
         for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
@@ -79,3 +100,27 @@ class ProductEncoder:
     ) -> np.ndarray:
         requests = [product_request(r, with_title=with_title, with_fields=with_fields) for r in records]
         return self.encode(requests, **kwargs)
+
+
+def _stat(path: str) -> str:
+    try:
+        info = os.stat(path)
+        return f"{path}:{info.st_size}:{info.st_mtime_ns}"
+    except OSError:
+        return f"{path}:missing"
+
+
+def _files_fingerprint(directories: Sequence[str]) -> str:
+    parts = []
+    for directory in directories:
+        root = Path(directory)
+        files = (
+            sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".json", ".bin")) if root.is_dir() else []
+        )
+        parts += [str(root.resolve())] + [_stat(str(p)) for p in files]
+    return "|".join(parts)
+
+
+def _requests_fingerprint(requests: Sequence[dict[str, Any]]) -> str:
+    images = sorted({i for r in requests for i in r.get("images", []) if isinstance(i, str)})
+    return json.dumps(list(requests), sort_keys=True, ensure_ascii=False) + "|".join(_stat(i) for i in images)

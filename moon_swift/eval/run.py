@@ -16,14 +16,15 @@ from .tasks import attribute_prediction, retrieval, zero_shot_classification
 
 
 def evaluate_model(model_dir: str, records: Sequence[ProductRecord], pairs: Sequence[QueryPair] = (), *,
-                   index: IndexKind = "flat", batch_size: int = 16) -> dict[str, dict]:  # fmt: skip
+                   index: IndexKind = "flat", batch_size: int = 16, cache_dir: Path | None = None,
+                   ) -> dict[str, dict]:  # fmt: skip
     """Every task for one model. Products are encoded once per view:
 
     * with behaviour ``pairs``: text -> product and image -> product over the full products;
       without: title -> product (images, category, attributes; no title), the catalog pairs' view;
     * classification / attributes: products as images + title only (the label must not be in the input).
     """
-    encoder = ProductEncoder(model_dir, batch_size=batch_size)
+    encoder = ProductEncoder(model_dir, batch_size=batch_size, cache_dir=cache_dir)
     name = Path(model_dir).name
     results = {}
     if pairs:

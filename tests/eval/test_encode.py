@@ -19,3 +19,19 @@ def test_encoder_matches_swift_inference_engine(tiny_moon_dir, catalog_images):
     assert ours.shape == theirs.shape == (5, 64)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_embedding_cache_is_reused_and_invalidated_by_new_weights(tiny_moon_dir, catalog_images, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_moon_dir, model)
+    requests = [query_request("Blue Skirts"), product_request(ProductRecord("1", "t", [str(catalog_images[0])]))]
+    first = ProductEncoder(str(model), cache_dir=tmp_path / "cache").encode(requests, progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    again = ProductEncoder(str(model), cache_dir=tmp_path / "cache").encode(requests, progress=False)
+    np.testing.assert_array_equal(first, again)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # served from the cache
+    (model / "model.safetensors").touch()  # the weights "changed": a new entry is computed
+    ProductEncoder(str(model), cache_dir=tmp_path / "cache").encode(requests, progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
