@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -42,14 +43,20 @@ def encoding(args) -> None:
     ours = ProductEncoder(str(model_dir), batch_size=args.batch_size)
     engine = TransformersEngine(str(model_dir), model_type="moon", task_type="embedding",
                                 torch_dtype=torch.float32, max_batch_size=args.batch_size)  # fmt: skip
-    ours.encode(requests[: args.batch_size], progress=False)  # warm-up
-    engine.infer([InferRequest(**r) for r in requests[: args.batch_size]])
-    start = time.perf_counter()
-    ours.encode(requests, progress=False)
-    t_ours = time.perf_counter() - start
-    start = time.perf_counter()
-    engine.infer([InferRequest(**r) for r in requests], use_tqdm=False)
-    t_engine = time.perf_counter() - start
+
+    def run_ours():
+        ours.encode(requests, progress=False)
+
+    def run_engine():
+        engine.infer([InferRequest(**r) for r in requests], use_tqdm=False)
+
+    times = {run_ours: [], run_engine: []}
+    for _ in range(args.repeats + 1):  # alternate, first round is warm-up (file cache, allocator)
+        for run in times:
+            start = time.perf_counter()
+            run()
+            times[run].append(time.perf_counter() - start)
+    t_ours, t_engine = (statistics.median(t[1:]) for t in times.values())
     print(f"encoding {len(requests)} products, batch {args.batch_size}, tiny MOON:")
     print(f"  moon-swift encoder      {len(requests) / t_ours:8.1f} products/s")
     print(f"  swift TransformersEngine{len(requests) / t_engine:8.1f} products/s")
@@ -84,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)

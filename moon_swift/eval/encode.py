@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +82,19 @@ class ProductEncoder:
 
     @torch.inference_mode()
     def _encode(self, requests: Sequence[dict[str, Any]], *, desc: str, progress: bool) -> np.ndarray:
+        """Template encoding (image decoding, tokenizing) runs in threads, one batch ahead of the model."""
         chunks = []
-        starts = range(0, len(requests), self.batch_size)
-        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-            batch = [self.template.encode(request) for request in requests[start : start + self.batch_size]]
-            inputs = self.template.data_collator(batch)
-            _, inputs = self.template.pre_forward_hook(self.model, None, inputs)
-            chunks.append(self.model(**inputs).last_hidden_state.float().cpu().numpy())
+        batches = [requests[start : start + self.batch_size] for start in range(0, len(requests), self.batch_size)]
+        workers = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            pending = [pool.submit(self.template.encode, request) for request in batches[0]] if batches else []
+            for index in tqdm(range(len(batches)), desc=desc, disable=not progress, unit="batch"):
+                encoded = [future.result() for future in pending]
+                if index + 1 < len(batches):
+                    pending = [pool.submit(self.template.encode, request) for request in batches[index + 1]]
+                inputs = self.template.data_collator(encoded)
+                _, inputs = self.template.pre_forward_hook(self.model, None, inputs)
+                chunks.append(self.model(**inputs).last_hidden_state.float().cpu().numpy())
         if not chunks:
             return np.zeros((0, self.model.config.text_config.hidden_size), dtype=np.float32)
         return np.concatenate(chunks)
