@@ -63,21 +63,41 @@ def cmd_upcycle(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from .data import read_fashion_catalog, split_records, title_to_product_rows, write_jsonl, write_records
+    from .data import split_records, write_jsonl, write_records
+    from .data.swift_rows import behaviour_rows, catalog_rows, is_held_out
 
-    records = read_fashion_catalog(args.catalog, on_bad_row=args.on_bad_row, limit=args.limit)
+    args.products = args.catalog
+    records, pairs = _load_catalog(args)
+    if args.limit:
+        records = records[: args.limit]
+        pairs = [p for p in pairs if p.product_id in {r.product_id for r in records}]
     train, val = split_records(records, args.val_fraction)
     out = Path(args.out)
     negatives = _hard_negatives(train, args) if args.hard_negatives else None
-    n_train = write_jsonl(title_to_product_rows(train, negatives), out / "train.jsonl")
+    if pairs:
+        by_id = {r.product_id: r for r in records}
+        by_train_id = dict(zip([r.product_id for r in train], negatives, strict=True)) if negatives else None
+        train_pairs = [p for p in pairs if not is_held_out(p.product_id, args.val_fraction)]
+        val_pairs = [p for p in pairs if is_held_out(p.product_id, args.val_fraction)]
+        n_train = write_jsonl(behaviour_rows(train_pairs, by_id, by_train_id), out / "train.jsonl")
+        write_jsonl(({**vars(p)} for p in val_pairs), out / "val_pairs.jsonl")
+        what = "behaviour (query -> product) rows"
+    else:
+        kinds = [kind.strip() for kind in args.catalog_pairs.split(",") if kind.strip()]
+        n_train = write_jsonl(catalog_rows(train, kinds, negatives), out / "train.jsonl")
+        what = f"catalog pair rows ({', '.join(kinds)} -> product)"
     write_records(train, out / "train_products.jsonl")
     write_records(val, out / "val_products.jsonl")
-    print(f"read {len(records)} products from {args.catalog}")
+    print(
+        f"read {len(records)} products"
+        + (f" and {len(pairs)} behaviour pairs" if pairs else "")
+        + f" from {args.catalog}"
+    )
     if negatives is not None:
         counts = [len(n) for n in negatives]
         how = f"mined with {args.mine_with}" if args.mine_with else "same category, then parent category"
-        print(f"  hard negatives ({how}): {sum(counts)} in all, {min(counts)}..{max(counts)} per row")
-    print(f"  {out / 'train.jsonl'}: {n_train} title -> product rows (swift embedding format)")
+        print(f"  hard negatives ({how}): {sum(counts)} in all, {min(counts)}..{max(counts)} per product")
+    print(f"  {out / 'train.jsonl'}: {n_train} {what} (swift embedding format)")
     print(f"  {out / 'val_products.jsonl'}: {len(val)} held-out products (val fraction {args.val_fraction})")
 
 
@@ -115,7 +135,7 @@ def _load_catalog(args: argparse.Namespace):
     if args.format == "records":
         records = read_records(args.products)
     elif args.format == "fashion":
-        records = read_fashion_catalog(args.products, on_bad_row=args.on_bad_row)
+        records = read_fashion_catalog(args.products, on_bad_row=args.on_bad_row, limit=getattr(args, "limit", None))
     elif args.format == "mbe":
         records, pairs = read_mbe(args.products, on_bad_row=args.on_bad_row)
     else:
@@ -214,12 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the router init and the noise")
     p.set_defaults(func=cmd_upcycle)
 
-    p = sub.add_parser("prepare-data", help="fashion catalog -> swift embedding rows + held-out products")
-    p.add_argument("--catalog", required=True, help="directory with products.csv and images/")
+    p = sub.add_parser("prepare-data", help="catalog (+ behaviour pairs) -> swift embedding rows + held-out products")
+    p.add_argument("--catalog", required=True, help="the catalog: a file or directory, see --format")
+    p.add_argument(
+        "--format",
+        choices=["fashion", "generic", "mbe", "records"],
+        default="fashion",
+        help="fashion: products.csv + images/; generic: catalog CSV/JSONL; mbe: MBE JSON; records: products JSONL",
+    )
+    p.add_argument("--pairs", help="behaviour pairs CSV/JSONL; without them, pairs are built from the catalog")
+    p.add_argument("--catalog-pairs", default="title", help="kinds of catalog pairs: title,image,category")
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--limit", type=int, help="read at most this many products")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction, split by product id")
-    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
     p.add_argument("--hard-negatives", type=int, default=0, help="explicit negatives per row (same category)")
     p.add_argument("--mine-with", help="MOON checkpoint to mine the hard negatives with (nearest other products)")
     p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")

@@ -34,26 +34,77 @@ def product_messages(record: ProductRecord, **parts: bool) -> list[dict[str, str
     return [{"role": "user", "content": product_content(record, **parts)}]
 
 
-def title_to_product_row(record: ProductRecord, negatives: Sequence[ProductRecord] = ()) -> dict[str, Any]:
-    """Anchor = the title as a text query; positive = the product without its title (images,
-    category, attributes), so the pair teaches matching text to what the product looks like.
-    ``negatives`` become the row's explicit hard negatives (same product layout)."""
-    row = {
-        "messages": [{"role": "user", "content": record.title}],
-        "positive_messages": [product_messages(record, with_title=False)],
-        "positive_images": [list(record.images)],
+def embedding_row(
+    query: str, query_images: Sequence[str], product: ProductRecord, negatives: Sequence[ProductRecord] = (), **parts
+) -> dict[str, Any]:
+    """One swift embedding row: the query (text and/or images) -> the product, plus hard negatives.
+
+    ``parts`` (``with_title`` / ``with_fields``) choose the product view, the same for positive and negatives.
+    """
+    row: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "<image>" * len(query_images) + query}],
+        "positive_messages": [product_messages(product, **parts)],
+        "positive_images": [list(product.images)],
     }
+    if query_images:
+        row["images"] = list(query_images)
     if negatives:
-        row["negative_messages"] = [product_messages(n, with_title=False) for n in negatives]
+        row["negative_messages"] = [product_messages(n, **parts) for n in negatives]
         row["negative_images"] = [list(n.images) for n in negatives]
     return row
+
+
+#: Pairs a catalog yields without a behaviour log: the query, and the product view it should find.
+CATALOG_PAIR_KINDS = ("title", "image", "category")
+
+
+def title_to_product_row(record: ProductRecord, negatives: Sequence[ProductRecord] = ()) -> dict[str, Any]:
+    """Anchor = the title as a text query; positive = the product without its title (images,
+    category, attributes), so the pair teaches matching text to what the product looks like."""
+    return embedding_row(record.title, (), record, negatives, with_title=False)
+
+
+def catalog_rows(
+    records: Sequence[ProductRecord],
+    kinds: Sequence[str] = ("title",),
+    negatives: Sequence[Sequence[ProductRecord]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Training rows from the catalog itself, for each record and each kind:
+
+    * ``title``: title -> product without its title;
+    * ``image``: the first image alone -> the full product (title, category, attributes, images);
+    * ``category``: the category path -> product without its category/attributes (products of one
+      category are each other's false negatives here: prefer small batches or few such rows).
+    """
+    unknown = set(kinds) - set(CATALOG_PAIR_KINDS)
+    if unknown:
+        raise ValueError(f"unknown catalog pair kinds {sorted(unknown)}; choose from {CATALOG_PAIR_KINDS}")
+    for index, record in enumerate(records):
+        chosen = negatives[index] if negatives else ()
+        if "title" in kinds:
+            yield title_to_product_row(record, chosen)
+        if "image" in kinds and record.images:
+            yield embedding_row("", record.images[:1], record, chosen)
+        if "category" in kinds and record.category_path:
+            yield embedding_row(" > ".join(record.category_path), (), record, chosen, with_fields=False)
 
 
 def title_to_product_rows(
     records: Sequence[ProductRecord], negatives: Sequence[Sequence[ProductRecord]] | None = None
 ) -> Iterator[dict[str, Any]]:
-    for index, record in enumerate(records):
-        yield title_to_product_row(record, negatives[index] if negatives else ())
+    return catalog_rows(records, ("title",), negatives)
+
+
+def behaviour_rows(
+    pairs: Sequence[Any],
+    products: dict[str, ProductRecord],
+    negatives: dict[str, Sequence[ProductRecord]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """User behaviour (query text and/or image -> product id) -> rows against the full product."""
+    for pair in pairs:
+        product = products[pair.product_id]
+        chosen = (negatives or {}).get(pair.product_id, ())
+        yield embedding_row(pair.query_text or "", [pair.query_image] if pair.query_image else [], product, chosen)
 
 
 def is_held_out(product_id: str, fraction: float) -> bool:

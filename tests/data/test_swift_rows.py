@@ -51,3 +51,32 @@ def test_records_round_trip(tmp_path):
     records = _records(3)
     write_records(records, tmp_path / "p.jsonl")
     assert read_records(tmp_path / "p.jsonl") == records
+
+
+def test_catalog_pair_kinds_give_title_image_and_category_queries():
+    from moon_swift.data.swift_rows import catalog_rows
+
+    record = ProductRecord("7", "Blue Tee", ["/a.jpg", "/b.jpg"], ["Apparel", "Tshirts"], {"colour": "Blue"})
+    title, image, category = catalog_rows([record], ("title", "image", "category"))
+    assert (
+        title["messages"][0]["content"] == "Blue Tee" and "Blue Tee" not in title["positive_messages"][0][0]["content"]
+    )
+    assert image["messages"][0]["content"] == "<image>" and image["images"] == ["/a.jpg"]
+    assert "Blue Tee" in image["positive_messages"][0][0]["content"]  # the full product
+    assert category["messages"][0]["content"] == "Apparel > Tshirts"
+    assert "<category>" not in category["positive_messages"][0][0]["content"]  # the answer is not in the product
+    assert image["positive_images"] == [["/a.jpg", "/b.jpg"]]
+
+
+def test_behaviour_rows_point_queries_at_the_full_product():
+    from moon_swift.data.catalog_files import QueryPair
+    from moon_swift.data.swift_rows import behaviour_rows
+
+    record = ProductRecord("7", "Blue Tee", ["/a.jpg"], ["Apparel"])
+    negative = ProductRecord("8", "Red Tee", ["/r.jpg"], ["Apparel"])
+    pairs = [QueryPair("7", query_text="blue t-shirt"), QueryPair("7", query_image="/photo.jpg")]
+    text_row, image_row = behaviour_rows(pairs, {"7": record}, {"7": [negative]})
+    assert text_row["messages"][0]["content"] == "blue t-shirt" and "images" not in text_row
+    assert image_row["messages"][0]["content"] == "<image>" and image_row["images"] == ["/photo.jpg"]
+    assert "Blue Tee" in text_row["positive_messages"][0][0]["content"]
+    assert text_row["negative_images"] == [["/r.jpg"]]

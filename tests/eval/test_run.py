@@ -34,3 +34,16 @@ def test_eval_refuses_pairs_outside_the_catalog(tiny_moon_dir, tmp_path):
                       "--format", "generic", "--pairs", str(pairs)])  # fmt: skip
     assert result.returncode == 2
     assert f"file {pairs}, row 1, field 'product_id': product 'missing' is not in the catalog" in result.stdout
+
+
+def test_prepare_data_from_a_generic_catalog_with_behaviour_pairs(tmp_path):
+    catalog, pairs = write_generic_catalog(tmp_path)
+    out = tmp_path / "prepared"
+    result = run_cli([moon_swift_cli(), "prepare-data", "--catalog", str(catalog), "--format", "generic",
+                      "--pairs", str(pairs), "--out", str(out), "--val-fraction", "0"])  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "read 4 products and 2 behaviour pairs" in result.stdout
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert [row["messages"][0]["content"] for row in rows] == ["blue tee", "<image>"]
+    check = run_cli([moon_swift_cli(), "check-data", str(out / "train.jsonl")])
+    assert check.returncode == 0, check.stdout
