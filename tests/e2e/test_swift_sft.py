@@ -27,7 +27,7 @@ def small_data(tmp_path_factory) -> Path:
     command = [moon_swift, "prepare-data", "--catalog", str(FASHION_CATALOG), "--out", str(out), "--limit", "64"]
     result = run_cli(command)
     assert result.returncode == 0, result.stdout
-    assert "title -> product rows" in result.stdout
+    assert "catalog pair rows (title -> product)" in result.stdout
     return out
 
 
