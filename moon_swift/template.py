@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -43,7 +44,6 @@ class MoonTemplate(Qwen2_5VLTemplate):
     """
 
     support_padding_free = False
-    token_type_of_tag = {"category": TOKEN_CATEGORY, "attributes": TOKEN_ATTRIBUTE}
 
     def _get_max_pixels(self, inputs=None) -> None:
         # ``--max_pixels`` is applied in ``replace_tag`` (together with the 28-pixel grid), not by
@@ -78,10 +78,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
         group_id = take_group_id(inputs)
         mark_product_fields(inputs)
         encoded = super()._encode(inputs)
-        tokenizer = self.processor.tokenizer
-        opens = {tokenizer.convert_tokens_to_ids(_TAG_TO_MARKER[CATEGORY_TAGS[0]]): TOKEN_CATEGORY,
-                 tokenizer.convert_tokens_to_ids(_TAG_TO_MARKER[ATTRIBUTE_TAGS[0]]): TOKEN_ATTRIBUTE}  # fmt: skip
-        closes = {tokenizer.convert_tokens_to_ids(_TAG_TO_MARKER[tag[1]]) for tag in (CATEGORY_TAGS, ATTRIBUTE_TAGS)}
+        opens, closes = self._marker_ids
         keep, types, current = [], [], TOKEN_OTHER
         for token in encoded["input_ids"]:
             if token in opens:
@@ -98,6 +95,17 @@ class MoonTemplate(Qwen2_5VLTemplate):
         encoded["token_type_ids"] = types
         encoded["group_id"] = UNKNOWN_GROUP if group_id is None else group_id_hash(group_id)
         return encoded
+
+    @cached_property
+    def _marker_ids(self) -> tuple[dict[int, int], set[int]]:
+        """(opening marker id -> token type, closing marker ids), looked up once per template."""
+        ids = self.processor.tokenizer.convert_tokens_to_ids
+        opens = {
+            ids(_TAG_TO_MARKER[CATEGORY_TAGS[0]]): TOKEN_CATEGORY,
+            ids(_TAG_TO_MARKER[ATTRIBUTE_TAGS[0]]): TOKEN_ATTRIBUTE,
+        }
+        closes = {ids(_TAG_TO_MARKER[tags[1]]) for tags in (CATEGORY_TAGS, ATTRIBUTE_TAGS)}
+        return opens, closes
 
     def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
         groups = [row.pop("group_id", UNKNOWN_GROUP) for row in batch]

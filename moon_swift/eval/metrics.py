@@ -15,9 +15,7 @@ def retrieval_metrics(
     similarity: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
     """Recall@K and MRR for queries whose single relevant item is column ``targets[i]``."""
-    metrics = ranking_metrics(target_ranks(similarity, np.asarray(targets)), ks)
-    metrics.pop("ndcg@10")
-    return metrics
+    return ranking_metrics(target_ranks(similarity, np.asarray(targets)), ks, ndcg_k=None)
 
 
 def ranks_from_search(result_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -27,12 +25,13 @@ def ranks_from_search(result_ids: np.ndarray, targets: np.ndarray) -> np.ndarray
     return np.where(found, hits.argmax(axis=1), result_ids.shape[1])
 
 
-def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_k: int = 10) -> dict[str, float]:
-    """Recall@K, MRR and nDCG@k for one relevant item per query, from its 0-based rank."""
+def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_k: int | None = 10) -> dict[str, float]:
+    """Recall@K, MRR and nDCG@k (``ndcg_k=None``: none) for one relevant item per query, from its 0-based rank."""
     ranks = np.asarray(ranks)
     metrics = {f"recall@{k}": float((ranks < k).mean()) for k in ks}
     metrics["mrr"] = float((1.0 / (ranks + 1)).mean())
-    metrics[f"ndcg@{ndcg_k}"] = float(np.where(ranks < ndcg_k, 1.0 / np.log2(ranks + 2), 0.0).mean())
+    if ndcg_k is not None:
+        metrics[f"ndcg@{ndcg_k}"] = float(np.where(ranks < ndcg_k, 1.0 / np.log2(ranks + 2), 0.0).mean())
     return metrics
 
 
