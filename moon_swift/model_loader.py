@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 
@@ -60,6 +61,7 @@ class MoonLoader(Qwen2_5VLLoader):
     def get_model(self, model_dir: str, config: PretrainedConfig, *args, **kwargs):
         self.auto_model_cls = self.auto_model_cls or AutoModel
         _init_deepspeed_comm_for_zero3()
+        atexit.register(_destroy_process_group)
         if config.moe_layers:
             from .modeling.guided_moe import GuidedMoE
 
@@ -89,3 +91,16 @@ def _init_deepspeed_comm_for_zero3() -> None:
 from .register import register_models  # noqa: E402
 
 register_models()
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down before interpreter shutdown.
+
+    swift leaves it alive at exit; with gloo on CPU a rank then sometimes aborts while its
+    communication threads are destroyed ("terminate called without an active exception"), failing
+    a run that finished and saved. Registered once per loaded model; a no-op without a group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
