@@ -2,7 +2,8 @@
 
 ``pip install moon-swift`` puts ``moon_swift_autoload.pth`` in site-packages; it imports this
 module at every Python start-up. This module imports nothing heavy: it only adds a finder to
-``sys.meta_path`` that waits for ``swift.template`` / ``swift.model`` to finish importing and then
+``sys.meta_path`` that waits for swift's registries (``swift.template``, ``swift.model``, ...) and
+``swift.pipelines.eval`` (evalscope benchmarks) to finish importing and then
 runs the matching function of :mod:`moon_swift.register`. Processes that never import swift pay
 nothing, and those that do need no ``--external_plugins`` flag. Set ``MOON_SWIFT_AUTOLOAD=0`` to
 turn it off.
@@ -14,7 +15,14 @@ import os
 import sys
 
 ENV_SWITCH = "MOON_SWIFT_AUTOLOAD"
-WATCHED_MODULES = ("swift.template", "swift.model", "swift.callbacks", "swift.loss")
+WATCHED_MODULES = (
+    "swift.template",
+    "swift.model",
+    "swift.callbacks",
+    "swift.loss",
+    "swift.dataset",
+    "swift.pipelines.eval",
+)
 
 
 def _register_after(module_name: str) -> None:

@@ -127,31 +127,17 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 def _load_catalog(args: argparse.Namespace):
     """(records, pairs) from ``--products`` in ``--format``, plus ``--pairs``."""
-    from .data import read_fashion_catalog, read_records
-    from .data.catalog_files import read_catalog, read_pairs
-    from .data.mbe import read_mbe
+    from .data.sources import load_products
 
-    pairs = []
-    if args.format == "records":
-        records = read_records(args.products)
-    elif args.format == "fashion":
-        records = read_fashion_catalog(args.products, on_bad_row=args.on_bad_row, limit=getattr(args, "limit", None))
-    elif args.format == "mbe":
-        records, pairs = read_mbe(args.products, on_bad_row=args.on_bad_row)
-    else:
-        records = read_catalog(args.products, on_bad_row=args.on_bad_row)
-    if getattr(args, "pairs", None):
-        pairs = read_pairs(args.pairs, records, on_bad_row=args.on_bad_row)
-    if not records:
-        raise MoonInputError("no products in the catalog", file=args.products)
-    return records, pairs
+    return load_products(args.products, args.format, pairs=getattr(args, "pairs", None),
+                         on_bad_row=args.on_bad_row, limit=getattr(args, "limit", None))  # fmt: skip
 
 
 def _add_catalog_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--products", required=True, help="the catalog: a file or directory, see --format")
     p.add_argument(
         "--format",
-        choices=["records", "generic", "mbe", "fashion"],
+        choices=["records", "generic", "mbe", "fashion"],  # data.sources.CATALOG_FORMATS (kept light to import)
         default="records",
         help="records: products JSONL from prepare-data; generic: catalog CSV/JSONL; mbe: MBE JSON; "
         "fashion: a products.csv + images/ directory",

@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
+import re
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from .errors import MoonInputError
 
+_DATA_URI = re.compile(r"data:[^;,]*;base64,(.*)", re.DOTALL)
+
+
+def inline_image_bytes(value: str) -> bytes | None:
+    """The bytes of a ``data:...;base64,`` URI or a bare base64 string (how ``swift deploy`` passes
+    images), or None when ``value`` is neither (then it is a path). Paths never pass: they hold a '.'."""
+    match = _DATA_URI.match(value)
+    if match is None and (len(value) < 64 or len(value) % 4):
+        return None
+    try:
+        return base64.b64decode(match.group(1) if match else value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
 
 def load_image(path: str, *, field: str = "image", row: int | None = None) -> Image.Image:
-    """Decode ``path`` into an upright RGB image, or raise :class:`MoonInputError` saying why not."""
-    if not os.path.isfile(path):
-        raise MoonInputError("image file does not exist", file=path, row=row, field=field)
-    if os.path.getsize(path) == 0:
-        raise MoonInputError("image file is empty (0 bytes)", file=path, row=row, field=field)
+    """Decode ``path`` (a file, or inline base64) into an upright RGB image, or raise
+    :class:`MoonInputError` saying why not."""
+    source: str | io.BytesIO = path
+    if os.path.isfile(path):
+        if os.path.getsize(path) == 0:
+            raise MoonInputError("image file is empty (0 bytes)", file=path, row=row, field=field)
+    else:
+        data = inline_image_bytes(path)
+        if data is None:
+            shown = path if len(path) <= 300 else f"{path[:80]}... ({len(path)} characters)"
+            raise MoonInputError("image file does not exist", file=shown, row=row, field=field)
+        source, path = io.BytesIO(data), f"<inline image, {len(data)} bytes>"
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return to_rgb(image)
     except Image.DecompressionBombError as error:

@@ -81,12 +81,38 @@ def register_losses() -> None:
     loss_map.setdefault(MOON_INFONCE, MoonInfoNCELoss)
 
 
+def register_datasets() -> None:
+    """Dataset ``moon-fashion-dev`` (``--dataset moon-fashion-dev:title``; needs ``swift.dataset``)."""
+    if _still_importing("moon_swift.data.swift_datasets", "fashion_dataset_meta"):
+        return
+    from swift.dataset import DATASET_MAPPING, register_dataset
+
+    from .data.swift_datasets import MOON_FASHION_DATASET, fashion_dataset_meta
+
+    if MOON_FASHION_DATASET not in DATASET_MAPPING:
+        register_dataset(fashion_dataset_meta())
+
+
+def register_eval_benchmarks() -> None:
+    """evalscope benchmarks ``moon_retrieval`` / ``moon_classification`` / ``moon_attributes`` for
+    ``swift eval`` (needs evalscope, which ``swift.pipelines.eval`` imports; absent: nothing to do)."""
+    if _still_importing("moon_swift.eval.evalscope_benchmarks", "register_benchmarks"):
+        return
+    try:
+        from .eval.evalscope_benchmarks import register_benchmarks
+    except ImportError:  # evalscope not installed: `swift eval` cannot run anyway
+        return
+    register_benchmarks()
+
+
 #: swift module -> what to register once that module has finished importing.
 REGISTRATIONS_AFTER_IMPORT = {
     "swift.template": register_templates,
     "swift.model": register_models,
     "swift.callbacks": register_callbacks,
     "swift.loss": register_losses,
+    "swift.dataset": register_datasets,
+    "swift.pipelines.eval": register_eval_benchmarks,
 }
 
 
@@ -98,3 +124,6 @@ def register_all() -> None:
     register_models()
     register_callbacks()
     register_losses()
+    register_datasets()
+    if "swift.pipelines.eval" in sys.modules:  # `swift eval --external_plugins registry/moon.py`
+        register_eval_benchmarks()

@@ -134,7 +134,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
         # Decode image files here (EXIF-upright, transparency on white) so a bad file fails with
         # its path and field; swift's own loader then sees PIL images and leaves them as they are.
         for index, image in enumerate(inputs.images or []):
-            if isinstance(image, str) and not image.startswith(("http://", "https://", "data:")):
+            if isinstance(image, str) and not image.startswith(("http://", "https://")):
                 inputs.images[index] = load_image(image, field=f"images[{index}]")
         texts = [_message_text(message.get("content")) for message in inputs.messages or []]
         if not inputs.images and not any(text.replace("<image>", "").strip() for text in texts):

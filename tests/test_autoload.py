@@ -47,3 +47,16 @@ print('after', 'moon' in MODEL_MAPPING, 'moon' in TEMPLATE_MAPPING)
 def test_external_plugins_shim_registers_everything():
     lines = _probe({"MOON_SWIFT_AUTOLOAD": "0"}, SHIM_PROBE)
     assert lines["before"] == "False False" and lines["after"] == "True True"
+
+
+EVAL_PROBE = """
+from swift.arguments import EvalArguments
+from swift.pipelines import eval_main  # what `swift eval` imports first
+datasets = EvalArguments.list_eval_dataset("Native")["Native"]
+print('benchmarks', *[name for name in datasets if name.startswith('moon_')])
+"""
+
+
+def test_swift_eval_finds_the_moon_benchmarks_without_opencompass():
+    """swift 4.6 lists OpenCompass datasets even for the Native backend; moon keeps that from failing."""
+    assert _probe(code=EVAL_PROBE)["benchmarks"] == "moon_attributes moon_classification moon_retrieval"

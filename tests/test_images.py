@@ -58,3 +58,20 @@ def test_fit_image_snaps_to_the_patch_grid_within_the_budget():
     assert image.width * image.height <= 112 * 112
     tiny = fit_image(Image.new("RGB", (5, 5)), factor=28, min_pixels=56 * 56, max_pixels=112 * 112)
     assert tiny.width * tiny.height >= 56 * 56
+
+
+def test_inline_base64_images_decode_like_files(catalog_images):
+    """`swift deploy` hands the template base64 strings (bare, or as data URIs) instead of paths."""
+    import base64
+
+    data = base64.b64encode(catalog_images[0].read_bytes()).decode()
+    from_file = load_image(str(catalog_images[0]))
+    for inline in (data, f"data:image/jpeg;base64,{data}"):
+        assert load_image(inline).tobytes() == from_file.tobytes()
+
+
+def test_a_long_string_that_is_neither_file_nor_base64_is_reported_shortened():
+    bogus = "/no/such/dir/" + "x" * 500 + ".jpg"
+    with pytest.raises(MoonInputError, match="does not exist") as error:
+        load_image(bogus, field="images[0]")
+    assert "(517 characters)" in str(error.value) and len(str(error.value)) < 200

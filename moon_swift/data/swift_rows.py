@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import MoonInputError
 from ..markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
 from .records import ProductRecord
 
@@ -136,5 +137,16 @@ def write_records(records: Iterable[ProductRecord], path: str | Path) -> int:
 
 
 def read_records(path: str | Path) -> list[ProductRecord]:
+    """Products written by :func:`write_records`; errors name the file and row."""
+    if not Path(path).is_file():
+        raise MoonInputError("products file does not exist", file=str(path))
+    records = []
     with Path(path).open(encoding="utf-8") as file:
-        return [ProductRecord(**json.loads(line)) for line in file if line.strip()]
+        for row, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(ProductRecord(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as error:
+                raise MoonInputError(f"not a product record ({error})", file=str(path), row=row) from error
+    return records

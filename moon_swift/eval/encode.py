@@ -26,12 +26,32 @@ def query_request(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
+def image_query_request(image: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "<image>"}], "images": [image]}
+
+
 def product_request(record: ProductRecord, **parts: bool) -> dict[str, Any]:
     """``parts``: ``with_title`` / ``with_fields`` (category and attributes), both on by default."""
     return {"messages": product_messages(record, **parts), "images": list(record.images)}
 
 
-class ProductEncoder:
+class Encoder:
+    """Requests (``{"messages": ..., "images": ...}``) in, one L2-normalised embedding row per request out."""
+
+    def encode(self, requests: Sequence[dict[str, Any]], *, desc: str = "encode", progress: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_queries(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return self.encode([query_request(text) for text in texts], **kwargs)
+
+    def encode_products(
+        self, records: Sequence[ProductRecord], *, with_title: bool = True, with_fields: bool = True, **kwargs: Any
+    ) -> np.ndarray:
+        requests = [product_request(r, with_title=with_title, with_fields=with_fields) for r in records]
+        return self.encode(requests, **kwargs)
+
+
+class ProductEncoder(Encoder):
     """Loads ``model_dir`` (plus optional LoRA ``adapters``) as swift model type ``moon``."""
 
     def __init__(
@@ -98,15 +118,6 @@ class ProductEncoder:
         if not chunks:
             return np.zeros((0, self.model.config.text_config.hidden_size), dtype=np.float32)
         return np.concatenate(chunks)
-
-    def encode_queries(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
-        return self.encode([query_request(text) for text in texts], **kwargs)
-
-    def encode_products(
-        self, records: Sequence[ProductRecord], *, with_title: bool = True, with_fields: bool = True, **kwargs: Any
-    ) -> np.ndarray:
-        requests = [product_request(r, with_title=with_title, with_fields=with_fields) for r in records]
-        return self.encode(requests, **kwargs)
 
 
 def _stat(path: str) -> str:
