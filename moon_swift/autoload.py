@@ -22,6 +22,7 @@ WATCHED_MODULES = (
     "swift.loss",
     "swift.dataset",
     "swift.pipelines.eval",
+    "swift.pipelines.export",
 )
 
 

@@ -105,6 +105,15 @@ def register_eval_benchmarks() -> None:
     register_benchmarks()
 
 
+def register_export_hook() -> None:
+    """``swift export --push_to_hub`` of a moon model uploads a staged folder with a model card."""
+    if _still_importing("moon_swift.hub", "patch_swift_export"):
+        return
+    from .hub import patch_swift_export
+
+    patch_swift_export()
+
+
 #: swift module -> what to register once that module has finished importing.
 REGISTRATIONS_AFTER_IMPORT = {
     "swift.template": register_templates,
@@ -113,6 +122,7 @@ REGISTRATIONS_AFTER_IMPORT = {
     "swift.loss": register_losses,
     "swift.dataset": register_datasets,
     "swift.pipelines.eval": register_eval_benchmarks,
+    "swift.pipelines.export": register_export_hook,
 }
 
 
@@ -127,3 +137,5 @@ def register_all() -> None:
     register_datasets()
     if "swift.pipelines.eval" in sys.modules:  # `swift eval --external_plugins registry/moon.py`
         register_eval_benchmarks()
+    if "swift.pipelines.export" in sys.modules:
+        register_export_hook()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -52,14 +53,14 @@ def served_tiny(tiny_moon_dir, tmp_path_factory):
                "--task_type", "embedding", "--infer_backend", "transformers", "--host", "127.0.0.1",
                "--port", str(port), "--served_model_name", "moon-tiny"]  # fmt: skip
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_for_server(process, log, url)
         yield url
-    finally:
-        process.terminate()
+    finally:  # the `swift` launcher runs the server as a child: stop the whole process group
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
 
 
