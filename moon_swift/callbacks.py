@@ -1,6 +1,12 @@
-"""swift callback ``moon_moe``: MoE aux-loss scaling and logging (``--callbacks moon_moe``)."""
+"""swift callback ``moon_moe``: MoE aux-loss scaling and logging, and a record of moon's training
+settings in every checkpoint (``--callbacks moon_moe``)."""
 
 from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
 
 from swift.callbacks.base import TrainerCallback
 
@@ -40,6 +46,32 @@ class MoonMoeCallback(TrainerCallback):
             if moe.last_load is not None:
                 for expert, fraction in enumerate(moe.last_load.tolist()):
                     metrics[f"moe_load_l{moe.layer_index}_e{expert}"].update(fraction)
+
+    def on_save(self, args, state, control, **kwargs):
+        """``moon_training.json`` beside the weights: what swift's ``args.json`` cannot know (the image
+        views and detector, ``moon_infonce`` options), for the model card ``swift export`` writes."""
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(checkpoint):
+            with open(os.path.join(checkpoint, TRAINING_RECORD), "w", encoding="utf-8") as file:
+                json.dump(training_record(), file, indent=2)
+
+
+TRAINING_RECORD = "moon_training.json"
+
+
+def training_record() -> dict[str, Any]:
+    """moon's environment-driven settings of this process (image views, detector, moon_infonce)."""
+    from .image_views import ViewSettings
+    from .loss import MoonInfoNCEOptions
+
+    views = ViewSettings.from_env()
+    detector = None
+    if views.boxes:
+        with open(views.boxes, encoding="utf-8") as file:
+            first = file.readline()
+        detector = json.loads(first).get("detector") if first.strip() else None
+    return {"image_views": views.views, "boxes": views.boxes, "detector": detector,
+            "moon_infonce": asdict(MoonInfoNCEOptions.from_env())}  # fmt: skip
 
 
 # Registered here too: the start-up hook may have fired while this module was half-imported.

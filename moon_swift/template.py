@@ -12,9 +12,11 @@ from PIL import Image
 from swift.template.template_inputs import StdTemplateInputs
 from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
 from swift.template.utils import Context
+from swift.template.vision_utils import load_image as swift_load_image
 
 from .errors import MoonInputError
 from .ids import UNKNOWN_GROUP, group_id_hash
+from .image_views import ImageViews, ViewSettings, expand_image_tags
 from .images import fit_image, load_image
 from .markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
 from .modeling.guided_moe import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, TOKEN_OTHER
@@ -130,12 +132,24 @@ class MoonTemplate(Qwen2_5VLTemplate):
                 encoded[key] = inputs[key]
         return encoded
 
+    @cached_property
+    def _image_views(self) -> ImageViews:
+        return ImageViews(ViewSettings.from_env())
+
     def _preprocess_inputs(self, inputs: StdTemplateInputs) -> None:
         # Decode image files here (EXIF-upright, transparency on white) so a bad file fails with
         # its path and field; swift's own loader then sees PIL images and leaves them as they are.
-        for index, image in enumerate(inputs.images or []):
-            if isinstance(image, str) and not image.startswith(("http://", "https://")):
-                inputs.images[index] = load_image(image, field=f"images[{index}]")
+        # Each image becomes its views (original / core-product crop / both), tags repeated to match.
+        if inputs.images:
+            views, counts = [], []
+            for index, image in enumerate(inputs.images):
+                if isinstance(image, str) and image.startswith(("http://", "https://")):
+                    image = swift_load_image(image)
+                views += self._image_views.views_of(image, field=f"images[{index}]")
+                counts.append(len(views) - sum(counts))
+            if any(count != 1 for count in counts):
+                expand_image_tags(inputs.messages, counts)
+            inputs.images = views
         texts = [_message_text(message.get("content")) for message in inputs.messages or []]
         if not inputs.images and not any(text.replace("<image>", "").strip() for text in texts):
             raise MoonInputError("the row has neither text nor images (empty text)", field="messages")

@@ -85,7 +85,9 @@ class ProductEncoder(Encoder):
         self.template.model = self.model
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._fingerprint = _files_fingerprint([model_dir, *adapters]) + f"|max_pixels={max_pixels}"
+        views = self.template._image_views.settings  # crops change the embedding: part of the cache key
+        boxes = _stat(views.boxes) if views.boxes else None
+        self._fingerprint = _files_fingerprint([model_dir, *adapters]) + f"|max_pixels={max_pixels}|{views}|{boxes}"
 
     def encode(self, requests: Sequence[dict[str, Any]], *, desc: str = "encode", progress: bool = True) -> np.ndarray:
         """L2-normalised embeddings, one row per request (``{"messages": ..., "images": ...}``)."""
