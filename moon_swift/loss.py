@@ -15,7 +15,13 @@ variable                            default  meaning
 ``MOON_INFONCE_QUEUE_SIZE``         0        temporal queue length in embeddings (0: off)
 ``MOON_INFONCE_QUEUE_MAX_AGE``      0        drop queued embeddings older than this many steps (0: keep)
 ``MOON_INFONCE_QUEUE_NEGATIVES``    true     also enqueue the rows' hard negatives, not only positives
+``MOON_INFONCE_QUEUE_START``        0        optimizer steps before queued negatives are used (warm-up)
 ==================================  =======  ===========================================================
+
+Queued embeddings come from the model being trained (no momentum encoder), so they are only
+useful once it drifts slowly: early in training, while embeddings move fast, stale negatives can
+collapse the representation (cross-batch memory, Wang et al. 2020, starts its memory after a
+warm-up for the same reason). Keep ``QUEUE_MAX_AGE`` short and start the queue after warm-up.
 
 A model with ``MoonConfig(learnable_temperature=True)`` returns ``logit_scale``; it is used instead
 of the fixed temperature. The MoE auxiliary loss is *not* added here: the MoE layers inject it
@@ -79,6 +85,7 @@ class MoonInfoNCEOptions:
     queue_size: int = 0
     queue_max_age: int = 0
     queue_negatives: bool = True
+    queue_start: int = 0
 
     @classmethod
     def from_env(cls) -> MoonInfoNCEOptions:
@@ -88,6 +95,7 @@ class MoonInfoNCEOptions:
             queue_size=_env_number("MOON_INFONCE_QUEUE_SIZE", cls.queue_size, int),
             queue_max_age=_env_number("MOON_INFONCE_QUEUE_MAX_AGE", cls.queue_max_age, int),
             queue_negatives=_env_bool("MOON_INFONCE_QUEUE_NEGATIVES", cls.queue_negatives),
+            queue_start=_env_number("MOON_INFONCE_QUEUE_START", cls.queue_start, int),
         )
         if options.temperature <= 0:
             raise MoonInputError(
@@ -256,7 +264,8 @@ class MoonInfoNCELoss(BaseLoss):
         products, product_groups = flat[product_rows], flat_groups[product_rows]
 
         candidates, candidate_groups = products, product_groups
-        queued = self.queue.candidates(self._step()) if self.options.queue_size else None
+        use_queue = self.options.queue_size and self._step() >= self.options.queue_start
+        queued = self.queue.candidates(self._step()) if use_queue else None
         if queued is not None:
             self.queue.check_dim(flat.shape[1])
             candidates = torch.cat([products, queued[0].to(products.dtype)])

@@ -125,6 +125,18 @@ def test_queue_max_age_drops_old_embeddings(monkeypatch):
     assert stats == [1.0, 3.0, 5.0, 5.0]
 
 
+def test_queue_start_keeps_queued_negatives_out_until_the_warm_up_ends(monkeypatch):
+    loss_fn = make_loss(monkeypatch, queue_size=100, queue_start=2)
+    for step in range(4):
+        loss_fn.trainer.state.global_step = step
+        embeddings, labels = batch([0, 0], seed=step)
+        loss_fn({"last_hidden_state": embeddings}, labels)
+    metrics = loss_fn.trainer.custom_metrics["train"]
+    # filled from step 0, used from step 2: 2 and 3 past steps of 2 products each
+    assert metrics["moon_infonce/negatives_per_anchor"].values == [1.0, 1.0, 5.0, 7.0]
+    assert metrics["moon_infonce/queue_length"].values == [2.0, 4.0, 6.0, 8.0]
+
+
 def test_gradients_match_autograd_of_the_reference_definition():
     embeddings, labels = batch([1, 2, 0])
     layout = BatchLayout.from_labels(labels, len(embeddings))

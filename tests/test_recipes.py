@@ -12,10 +12,11 @@ from helpers import REPO_ROOT
 
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 #: environment variables moon reads (recipes set them in ENV), plus swift's launcher variables
-KNOWN_ENV = {"NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "INFONCE_TEMPERATURE",
-             "MOON_INFONCE_TEMPERATURE", "MOON_INFONCE_SPATIAL", "MOON_INFONCE_QUEUE_SIZE",
-             "MOON_INFONCE_QUEUE_MAX_AGE", "MOON_INFONCE_QUEUE_NEGATIVES", "MOON_BOXES", "MOON_IMAGE_VIEWS",
-             "MOON_BOXES_MISSING"}  # fmt: skip
+KNOWN_ENV = {
+    "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "INFONCE_TEMPERATURE",
+    "MOON_INFONCE_TEMPERATURE", "MOON_INFONCE_SPATIAL", "MOON_INFONCE_QUEUE_SIZE", "MOON_INFONCE_QUEUE_MAX_AGE",
+    "MOON_INFONCE_QUEUE_NEGATIVES", "MOON_INFONCE_QUEUE_START", "MOON_BOXES", "MOON_IMAGE_VIEWS", "MOON_BOXES_MISSING",
+}  # fmt: skip
 
 
 def swift_argv(recipe: Path) -> tuple[list[str], dict]:
