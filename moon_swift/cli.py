@@ -181,6 +181,33 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"\nresults: {out / 'eval.json'}")
 
 
+def cmd_visualize(args: argparse.Namespace) -> None:
+    import os
+
+    from .eval.encode import ProductEncoder
+    from .visualize import attention_maps, plot_attention
+
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    records, _ = _load_catalog(args)
+    by_id = {record.product_id: record for record in records}
+    missing = [product for product in args.product if product not in by_id]
+    if missing:
+        raise MoonInputError(f"products {missing} are not in the catalog", file=args.products, field="--product")
+    encoder = ProductEncoder(args.model)
+    layers = None if args.layers == "last" else _layer_list(args.layers, encoder.model.config.text_config)
+    for product in args.product:
+        maps = attention_maps(encoder, by_id[product], layers)
+        path = plot_attention(maps, by_id[product], Path(args.out) / f"attention_{product}.png")
+        fields = ", ".join(f"{name} {len(positions)} tokens" for name, positions in maps.fields.items())
+        print(f"{product}: {len(maps.views)} image views, {fields} -> {path}")
+
+
+def _layer_list(spec: str, text_config) -> list[int]:
+    if spec == "all":
+        return list(range(text_config.num_hidden_layers))
+    return [int(part) for part in spec.split(",")]
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
 
@@ -194,6 +221,113 @@ def cmd_demo(args: argparse.Namespace) -> None:
             seed=args.seed,
         )
     )
+
+
+def _box_policy(args: argparse.Namespace):
+    from .detection.selection import BoxPolicy
+
+    try:
+        return BoxPolicy(score_threshold=args.score_threshold, max_crops=args.max_crops, rank_by=args.rank_by,
+                         margin=args.margin, min_size_px=args.min_size_px, min_area_fraction=args.min_area_fraction,
+                         fallback_full_image=not args.no_fallback)  # fmt: skip
+    except ValueError as error:
+        raise MoonInputError(str(error), field="box policy") from error
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from .detection.backend import BUNDLED_CHECKPOINT, BUNDLED_CONFIG, Detector
+    from .detection.image_lists import dataset_images
+    from .detection.store import detect_images
+
+    if bool(args.config) != bool(args.checkpoint):
+        raise MoonInputError("give both --config and --checkpoint, or neither (the bundled detector)", field="--config")
+    policy = _box_policy(args)
+    detector = Detector(args.config or BUNDLED_CONFIG, args.checkpoint or BUNDLED_CHECKPOINT, device=args.device,
+                        trust_checkpoint=args.trust_checkpoint)  # fmt: skip
+    images = dataset_images(args.dataset)
+    report = detect_images(detector, images, policy, args.out, batch_size=args.batch_size, progress=not args.quiet,
+                           on_bad_image=args.on_bad_image, min_image_side=args.min_image_side)  # fmt: skip
+    print(f"detector {detector.config_path.name} + {detector.checkpoint_path.name} on {args.device}")
+    print(report.summary())
+
+
+def cmd_detector_build_data(args: argparse.Namespace) -> None:
+    from .detection.synth import build_dataset
+
+    written = build_dataset(args.catalog, args.backgrounds, args.out, num_train=args.num_train, num_val=args.num_val,
+                            seed=args.seed, max_catalog=args.max_catalog)  # fmt: skip
+    print(f"composited {args.num_train} train + {args.num_val} val images (seed {args.seed}) in {args.out}")
+    for split, path in written.items():
+        print(f"  {split}: {path}")
+
+
+def cmd_detector_train(args: argparse.Namespace) -> None:
+    import json
+
+    from .detection.synth import build_dataset
+    from .detection.train import ap50, train_detector
+
+    data = Path(args.data) if args.data else Path(args.out) / "data"
+    if not args.data:
+        build_dataset(args.catalog, args.backgrounds, data, num_train=args.num_train, num_val=args.num_val,
+                      seed=args.seed, max_catalog=args.max_catalog)  # fmt: skip
+    summary = train_detector(data, args.out, iters=args.iters, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             out_checkpoint=args.checkpoint)  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    print(
+        f"trained {args.iters} iterations in {summary['seconds'] / 60:.1f} min; val bbox AP50 "
+        f"{ap50(summary['metrics']):.3f}; checkpoint {summary['checkpoint']} ({summary['checkpoint_mb']} MB)"
+    )
+
+
+def _add_detection_commands(sub) -> None:
+    """``detect`` (boxes for a dataset, cached by content) and ``detector build-data|train``."""
+    p = sub.add_parser("detect", help="detect the core product of every image of a dataset (cached by content hash)")
+    p.add_argument("--dataset", nargs="+", required=True,
+                   help="swift embedding JSONL(s), products JSONL, catalog CSV or image directories")  # fmt: skip
+    p.add_argument("--config", help="MMDetection config (default: the bundled product detector)")
+    p.add_argument("--checkpoint", help="MMDetection checkpoint matching --config")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects in it (full mmengine files)")
+    p.add_argument("--out", required=True, help="boxes JSONL; reruns append only images not detected yet")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--on-bad-image", choices=["error", "skip"], default="error", help="unreadable image: stop, or skip+count"
+    )
+    p.add_argument("--min-image-side", type=int, default=32, help="smaller images keep the full image, undetected")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    group = p.add_argument_group("box policy")
+    group.add_argument("--score-threshold", type=float, default=0.3)
+    group.add_argument("--max-crops", type=int, default=1)
+    group.add_argument("--rank-by", default="score*area*centrality", choices=["score", "area", "centrality",
+                       "score*area*centrality"], help="how to pick the core product among detections")  # fmt: skip
+    group.add_argument("--margin", type=float, default=0.05, help="box expansion, fraction of its size per side")
+    group.add_argument("--min-size-px", type=float, default=8.0, help="drop boxes with a side below this")
+    group.add_argument("--min-area-fraction", type=float, default=0.01, help="drop boxes smaller than this x image")
+    group.add_argument("--no-fallback", action="store_true", help="no full-image crop when no box qualifies")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("detector", help="build the composited detection set, train the product detector")
+    detector_sub = p.add_subparsers(dest="detector_command", required=True)
+    for name, func, help_text in (
+        ("build-data", cmd_detector_build_data, "composite catalog products onto street photos (COCO json)"),
+        ("train", cmd_detector_train, "train the RTMDet product detector with mmengine's Runner (CPU-sized)"),
+    ):
+        q = detector_sub.add_parser(name, help=help_text)
+        q.add_argument("--out", required=True, help="output directory (train: the work dir)")
+        q.add_argument("--catalog", default="../shared/data/fashion-catalog-dev", help="catalog photos on white")
+        q.add_argument("--backgrounds", default="../shared/data/street-photos", help="background photos")
+        q.add_argument("--num-train", type=int, default=3000, help="composited training images")
+        q.add_argument("--num-val", type=int, default=300, help="composited validation images")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--max-catalog", type=int, help="use at most this many catalog photos per split (quick runs)")
+        q.set_defaults(func=func)
+        if name == "train":
+            q.add_argument("--data", help="a built data set (default: build one into OUT/data)")
+            q.add_argument("--iters", type=int, default=3000)
+            q.add_argument("--batch-size", type=int, default=8)
+            q.add_argument("--lr", type=float, default=0.004)
+            q.add_argument("--checkpoint", help="stripped checkpoint path (default OUT/product_detector.pth)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,14 +400,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_index)
 
+    p = sub.add_parser("visualize", help="heatmaps of how title / category / attribute tokens attend to image patches")
+    p.add_argument("--model", required=True, help="MOON checkpoint directory")
+    _add_catalog_arguments(p)
+    p.add_argument("--product", action="append", required=True, help="product id (repeat for several)")
+    p.add_argument("--layers", default="last", help="decoder layers to average: 'last', 'all' or '0,3'")
+    p.add_argument("--out", default="attention", help="directory for attention_<product>.png")
+    p.set_defaults(func=cmd_visualize)
+
     p = sub.add_parser("demo", help="build a tiny MOON, train it with `swift sft` on real products, evaluate")
     p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")
     p.add_argument("--catalog", default="../shared/data/fashion-catalog-dev", help="fashion catalog directory")
     p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="swift sft recipe to train with")
     p.add_argument("--limit", type=int, help="products to use, train + held-out (default: the whole catalog)")
-    p.add_argument("--epochs", type=float, default=2, help="training epochs")
+    p.add_argument("--epochs", type=float, default=1, help="training epochs of each variant")
     p.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
     p.set_defaults(func=cmd_demo)
+    _add_detection_commands(sub)
     return parser
 
 
