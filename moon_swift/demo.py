@@ -1,23 +1,77 @@
-"""The CPU demo: tiny MOON, trained by the real ``swift sft`` on real products, evaluated before/after."""
+"""The CPU demo: tiny MOON trained by the real ``swift sft`` on real products, with the paper's ablations.
+
+One run builds a tiny Qwen2.5-VL base and upcycles it twice (dense and guided MoE, identical at
+step 0), detects the core product of every image with the bundled MMDetection detector, trains four
+variants and evaluates them with the untrained model on held-out products:
+
+* MOON: guided MoE + [original, crop] + ``moon_infonce`` with one same-category hard negative per
+  pair and false-negative masking (one process: no spatial negatives);
+* the ablations, one change each: dense FFNs; original images only; swift's plain ``infonce`` with
+  in-batch negatives only; and MOON plus the temporal queue (``MOON_INFONCE_QUEUE_SIZE``).
+
+Every figure printed comes from this run. A rerun reuses finished variants (``done.json`` beside
+their checkpoint, written last) and the detector's box store, and retrains anything unfinished.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .data import read_fashion_catalog, read_records, split_records, title_to_product_rows, write_jsonl, write_records
+from .data import read_fashion_catalog, split_records, title_to_product_rows, write_jsonl, write_records
+from .data.negatives import category_negatives
 from .errors import MoonInputError
 from .eval.encode import ProductEncoder
-from .eval.metrics import retrieval_metrics
+from .eval.run import evaluate_outcomes, flatten, metrics_by_task
 from .modeling.tiny import make_tiny
+from .modeling.upcycle import upcycle
+
+GUIDED_MOE = {"moe_layers": "all", "num_experts": 4, "moe_top_k": 2, "guided_experts": True}
+QUEUE = {"MOON_INFONCE_QUEUE_SIZE": "256", "MOON_INFONCE_QUEUE_MAX_AGE": "4"}  # the temporal-queue variant
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    moe: bool = True
+    crops: bool = True
+    loss: str = "moon_infonce"
+    hard_negatives: bool = True
+    queue: bool = False
+
+    def describe(self) -> str:
+        parts = ["guided MoE" if self.moe else "dense", "original + crop" if self.crops else "original only",
+                 self.loss, "hard negatives" if self.hard_negatives else "in-batch negatives"]  # fmt: skip
+        return ", ".join(parts + (["temporal queue"] if self.queue else []))
+
+    def environment(self, boxes: Path) -> dict[str, str]:
+        """moon's settings for this variant (training and evaluation must agree on the image views)."""
+        env = {"MOON_IMAGE_VIEWS": "both" if self.crops else "original", "MOON_BOXES": str(boxes) if self.crops else ""}
+        return {**env, **(QUEUE if self.queue else {})}
+
+
+VARIANTS = (
+    Variant("MOON"),
+    Variant("dense FFN", moe=False),
+    Variant("no crops", crops=False),
+    Variant("plain infonce", loss="infonce", hard_negatives=False),
+    Variant("+ time queue", queue=True),
+)
+#: the table's columns: (label, key of :func:`flatten`)
+COLUMNS = (
+    ("R@1", "retrieval/title->product/recall@1"),
+    ("R@10", "retrieval/title->product/recall@10"),
+    ("MRR", "retrieval/title->product/mrr"),
+    ("cat-L1 acc", "classification/level1/accuracy"),
+    ("cat-L3 acc", "classification/level3/accuracy"),
+)
 
 
 @dataclass
@@ -26,9 +80,10 @@ class DemoConfig:
     catalog: Path
     recipe: Path
     limit: int | None = None
-    epochs: float = 2
+    epochs: float = 1
     seed: int = 0
     val_fraction: float = 0.1
+    variants: tuple[str, ...] = tuple(v.name for v in VARIANTS)
 
 
 def swift_command() -> list[str]:
@@ -41,24 +96,23 @@ def _step(message: str) -> None:
     print(f"[moon-swift demo] {message}", flush=True)
 
 
-def train_with_swift(recipe: Path, model_dir: Path, train_jsonl: Path, output_dir: Path, epochs: float) -> Path:
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def train_with_swift(recipe: Path, model_dir: Path, train_jsonl: Path, output_dir: Path, epochs: float, *,
+                     loss: str = "infonce", env: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Run ``swift sft RECIPE`` with the demo's paths; returns the last checkpoint directory."""
     if output_dir.exists():
-        shutil.rmtree(output_dir)  # a rerun restarts training cleanly
-    command = [
-        *swift_command(),
-        "sft",
-        str(recipe),
-        "--model", str(model_dir),
-        "--dataset", str(train_jsonl),
-        "--output_dir", str(output_dir),
-        "--num_train_epochs", str(epochs),
-    ]  # fmt: skip
-    _step("$ " + " ".join(command))
-    log_path = output_dir.parent / "swift_sft.log"
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(output_dir)  # an unfinished earlier attempt: restart it cleanly
+    command = [*swift_command(), "sft", str(recipe), "--model", str(model_dir), "--dataset", str(train_jsonl),
+               "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), "--loss_type", loss]  # fmt: skip
+    _step("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items() if v) + " " + " ".join(command))
+    output_dir.mkdir(parents=True)
+    log_path = output_dir / "swift_sft.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, **(env or {})})  # fmt: skip
         for line in process.stdout:
             log.write(line)
             if line.startswith("{'loss'") or "'train_runtime'" in line or "Error" in line:
@@ -72,58 +126,106 @@ def train_with_swift(recipe: Path, model_dir: Path, train_jsonl: Path, output_di
     return checkpoints[-1]
 
 
-def evaluate(model_dir: Path, products_jsonl: Path) -> dict[str, float]:
-    """Title -> product retrieval over the held-out products (each title's own product is the target)."""
-    records = read_records(products_jsonl)
-    encoder = ProductEncoder(str(model_dir))
-    queries = encoder.encode_queries([r.title for r in records], desc=f"titles   {model_dir.name}")
-    products = encoder.encode_products(records, with_title=False, desc=f"products {model_dir.name}")
-    return retrieval_metrics(queries @ products.T, np.arange(len(records)))
+def evaluate(model_dir: Path, records, env: dict[str, str], cache: Path) -> dict[str, float]:
+    """Every task on the held-out products, with the variant's image views; flat metric names."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        encoder = ProductEncoder(str(model_dir), cache_dir=cache)
+        return flatten(metrics_by_task(evaluate_outcomes(encoder, records, name=model_dir.parent.name)))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    columns = list(next(iter(results.values())))
-    lines = [f"{'model':<12}" + "".join(f"{c:>11}" for c in columns)]
+    lines = [f"{'model':<15}" + "".join(f"{label:>11}" for label, _ in COLUMNS)]
     for name, metrics in results.items():
-        lines.append(f"{name:<12}" + "".join(f"{metrics[c]:>11.3f}" for c in columns))
+        lines.append(f"{name:<15}" + "".join(f"{metrics.get(key, float('nan')):>11.3f}" for _, key in COLUMNS))
     return "\n".join(lines)
+
+
+def _build_models(work: Path, seed: int) -> tuple[Path, Path]:
+    base, dense, moe = work / "models" / "base", work / "models" / "dense", work / "models" / "guided_moe"
+    make_tiny(base, seed=seed, as_base=True)
+    upcycle(base, dense)
+    upcycle(base, moe, **GUIDED_MOE)
+    return dense, moe
+
+
+def _detect(records, boxes: Path) -> None:
+    from .detection.backend import default_detector
+    from .detection.store import detect_images
+
+    images = sorted({image for record in records for image in record.images})
+    report = detect_images(default_detector(), images, out_jsonl=boxes, batch_size=16)
+    _step("    " + report.summary().replace("\n", "\n    "))
 
 
 def run_demo(config: DemoConfig) -> dict[str, dict[str, float]]:
     started = time.time()
     if not config.recipe.is_file():
         raise MoonInputError("recipe not found (run the demo from the repository root)", file=str(config.recipe))
+    variants = [v for v in VARIANTS if v.name in config.variants]
     work = config.workdir
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    steps = 4 + len(variants)
 
-    _step(f"1/4 building the tiny MOON model (seed {config.seed}) in {work / 'model'}")
-    make_tiny(work / "model", seed=config.seed)
+    _step(f"1/{steps} tiny Qwen2.5-VL base (seed {config.seed}), upcycled to dense and guided-MoE MOON")
+    dense, moe = _build_models(work, config.seed)
 
-    _step(f"2/4 reading {config.limit or 'all'} products from {config.catalog}")
+    _step(f"2/{steps} reading {config.limit or 'all'} products from {config.catalog}")
     records = read_fashion_catalog(config.catalog, on_bad_row="skip", limit=config.limit)
     train, val = split_records(records, config.val_fraction)
-    n_train = write_jsonl(title_to_product_rows(train), work / "data" / "train.jsonl")
+    data = {False: work / "data" / "train.jsonl", True: work / "data" / "train_hard.jsonl"}
+    n_train = write_jsonl(title_to_product_rows(train), data[False])
+    write_jsonl(title_to_product_rows(train, category_negatives(train, 1, seed=config.seed)), data[True])
     write_records(val, work / "data" / "val_products.jsonl")
-    _step(f"    {n_train} training pairs (title -> product image), {len(val)} held-out products")
+    _step(f"    {n_train} training pairs (title -> product; + 1 same-category hard negative in {data[True].name}), "
+          f"{len(val)} held-out products")  # fmt: skip
 
-    _step(f"3/4 training with swift sft {config.recipe} ({config.epochs} epochs)")
-    checkpoint = train_with_swift(
-        config.recipe, work / "model", work / "data" / "train.jsonl", work / "train", config.epochs
-    )
-    _step(f"    checkpoint: {checkpoint}")
+    boxes = work / "data" / "boxes.jsonl"
+    _step(f"3/{steps} core-product detection (bundled MMDetection RTMDet), boxes cached in {boxes}")
+    _detect(records, boxes)
 
-    _step("4/4 evaluating title -> product retrieval on the held-out products")
+    checkpoints: dict[str, Path] = {}
+    for index, variant in enumerate(variants, start=4):
+        out = work / "train" / _slug(variant.name)
+        done = out / "done.json"
+        spec = {"variant": asdict(variant), "epochs": config.epochs, "seed": config.seed, "pairs": n_train}
+        if done.is_file() and json.loads(done.read_text()).get("spec") == spec:
+            checkpoints[variant.name] = Path(json.loads(done.read_text())["checkpoint"])
+            _step(f"{index}/{steps} {variant.name}: finished in an earlier run, reused ({checkpoints[variant.name]})")
+            continue
+        _step(f"{index}/{steps} training {variant.name}: {variant.describe()}")
+        model = moe if variant.moe else dense
+        checkpoint = train_with_swift(config.recipe, model, data[variant.hard_negatives], out, config.epochs,
+                                      loss=variant.loss, env=variant.environment(boxes))  # fmt: skip
+        done.write_text(json.dumps({"spec": spec, "checkpoint": str(checkpoint)}, indent=2))
+        checkpoints[variant.name] = checkpoint
+
+    _step(f"{steps}/{steps} evaluating on the {len(val)} held-out products (retrieval, zero-shot classification)")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
-    results = {
-        "untrained": evaluate(work / "model", work / "data" / "val_products.jsonl"),
-        "trained": evaluate(checkpoint, work / "data" / "val_products.jsonl"),
-    }
-    chance = {"recall@1": 1 / len(val), "recall@5": min(1.0, 5 / len(val)), "recall@10": min(1.0, 10 / len(val))}
-    (work / "results.json").write_text(
-        json.dumps({"metrics": results, "chance": chance, "held_out_products": len(val)}, indent=2) + "\n"
-    )
+    cache = work / "eval_cache"
+    untrained = Variant("untrained", moe=False, crops=False)  # dense and guided MoE are equal at step 0
+    results = {"untrained": evaluate(dense, val, untrained.environment(boxes), cache)}
+    for variant in variants:
+        results[variant.name] = evaluate(checkpoints[variant.name], val, variant.environment(boxes), cache)
+    wall = time.time() - started
+    chance = 1 / len(val)
+    (work / "results.json").write_text(json.dumps({
+        "metrics": results, "held_out_products": len(val), "training_pairs": n_train, "chance_recall@1": chance,
+        "variants": [asdict(v) for v in variants], "epochs": config.epochs, "wall_time_s": round(wall, 1),
+    }, indent=2) + "\n")  # fmt: skip
+    from .eval.plots import plot_results
+
+    plots = plot_results(results, work)
     print()
-    print(f"title -> product retrieval, {len(val)} held-out products (chance recall@1 = {chance['recall@1']:.3f})")
+    print(f"title -> product retrieval and zero-shot category accuracy, {len(val)} held-out products "
+          f"(chance recall@1 = {chance:.3f})")  # fmt: skip
     print(format_table(results))
-    print(f"\nresults: {work / 'results.json'}   wall time: {time.time() - started:.0f} s")
+    print(f"\nresults: {work / 'results.json'}, plots: {', '.join(str(p) for p in plots)}   wall time: {wall:.0f} s")
     return results
