@@ -52,4 +52,4 @@ def test_swift_sft_trains_on_original_plus_detected_crop(tiny_moon_dir, tmp_path
     partial.write_text(boxes.read_text().splitlines()[0] + "\n")
     stopped = sft(tiny_moon_dir, data, tmp_path / "out2", partial)
     assert stopped.returncode != 0
-    assert "is not in the box store" in stopped.stdout and f"{FASHION_CATALOG}/images/" in stopped.stdout
+    assert "is not in the box store" in stopped.stdout and f"{FASHION_CATALOG.resolve()}/images/" in stopped.stdout
