@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from ..data.catalog_files import iter_rows
 from ..errors import MoonInputError
 from ..images import load_image
 from .selection import BoxPolicy, Selection, full_image, select_boxes
@@ -51,15 +52,10 @@ class BoxStore:
             self._read(self.path)
 
     def _read(self, path: Path) -> None:
-        with path.open(encoding="utf-8") as file:
-            for row, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["sha256"]] = entry  # later lines win (a newer detector or policy)
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise MoonInputError(f"not a box store line ({error})", file=str(path), row=row) from error
+        for row, entry in iter_rows(path):  # bad JSON: an error naming the file and row
+            if not isinstance(entry.get("sha256"), str):
+                raise MoonInputError("not a box store line (no 'sha256')", file=str(path), row=row)
+            self.entries[entry["sha256"]] = entry  # later lines win (a newer detector or policy)
 
     def __len__(self) -> int:
         return len(self.entries)
