@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 from .data import read_fashion_catalog, split_records, title_to_product_rows, write_jsonl, write_records
 from .data.negatives import category_negatives
@@ -128,17 +129,9 @@ def train_with_swift(recipe: Path, model_dir: Path, train_jsonl: Path, output_di
 
 def evaluate(model_dir: Path, records, env: dict[str, str], cache: Path) -> dict[str, float]:
     """Every task on the held-out products, with the variant's image views; flat metric names."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):  # restored afterwards, whatever happens
         encoder = ProductEncoder(str(model_dir), cache_dir=cache)
         return flatten(metrics_by_task(evaluate_outcomes(encoder, records, name=model_dir.parent.name)))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

@@ -26,7 +26,7 @@ from ..data.sources import CATALOG_FORMATS, load_products
 from .metrics import classification_metrics
 from .run import evaluate_outcomes, retrieval_directions, retrieval_queries, task_names
 from .service import ServiceEncoder
-from .tasks import ClassificationOutcome, Outcome, RetrievalOutcome
+from .tasks import ClassificationOutcome, Outcome, RetrievalOutcome, attribute_truth, level_truth
 
 #: benchmark name -> the task group it reports (the prefix of :func:`task_names`).
 MOON_BENCHMARKS = {"moon_retrieval": "retrieval", "moon_classification": "classification",
@@ -94,11 +94,12 @@ class MoonProductsAdapter(DefaultDataAdapter):
             else:
                 items = [(p.query_text or f"<image> {p.query_image}", p.product_id)
                          for p in retrieval_queries(self._pairs, direction)]  # fmt: skip
-        elif group == "classification":
-            level = int(name.removeprefix("level")) - 1
-            items = [(r.title, r.category_path[level]) for r in records if len(r.category_path) > level]
-        else:
-            items = [(r.title, r.attributes[name]) for r in records if name in r.attributes]
+        else:  # the products, in the order, of the task's outcome
+            if group == "classification":
+                rows, truth = level_truth(records, int(name.removeprefix("level")) - 1)
+            else:
+                rows, truth = attribute_truth(records, name)
+            items = [(records[i].title, label) for i, label in zip(rows, truth, strict=True)]
         return [Sample(input=text, target=target, id=i, metadata={"task": task, "item": i})
                 for i, (text, target) in enumerate(items)]  # fmt: skip
 

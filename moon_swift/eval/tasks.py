@@ -81,12 +81,23 @@ def predictable_attributes(records: Sequence[ProductRecord]) -> list[str]:
     return [name for name in names if len({r.attributes[name] for r in records if name in r.attributes}) > 1]
 
 
+def level_truth(records: Sequence[ProductRecord], level: int) -> tuple[list[int], list[str]]:
+    """(positions, true labels) of the products that have category ``level`` (0-based)."""
+    rows = [i for i, r in enumerate(records) if len(r.category_path) > level]
+    return rows, [records[i].category_path[level] for i in rows]
+
+
+def attribute_truth(records: Sequence[ProductRecord], name: str) -> tuple[list[int], list[str]]:
+    """(positions, true values) of the products that have attribute ``name``."""
+    rows = [i for i, r in enumerate(records) if name in r.attributes]
+    return rows, [records[i].attributes[name] for i in rows]
+
+
 def classification_outcomes(encoder, products: np.ndarray, records: Sequence[ProductRecord]) -> dict[str, Outcome]:
     """Per category level: the nearest label text (the level's distinct values) to each product embedding."""
     outcomes = {}
     for level, name in enumerate(category_levels(records)):
-        rows = [i for i, r in enumerate(records) if len(r.category_path) > level]
-        truth = [records[i].category_path[level] for i in rows]
+        rows, truth = level_truth(records, level)
         labels = sorted(set(truth))
         label_embeddings = encoder.encode_queries(labels, desc=f"labels {name}", progress=False)
         outcomes[name] = _nearest_label(products, labels, truth, label_embeddings, rows)
@@ -97,8 +108,7 @@ def attribute_outcomes(encoder, products: np.ndarray, records: Sequence[ProductR
     """Per attribute: the nearest ``"name: value"`` text among the attribute's values."""
     outcomes = {}
     for name in predictable_attributes(records):
-        rows = [i for i, r in enumerate(records) if name in r.attributes]
-        truth = [records[i].attributes[name] for i in rows]
+        rows, truth = attribute_truth(records, name)
         values = sorted(set(truth))
         label_embeddings = encoder.encode_queries([f"{name}: {v}" for v in values], progress=False)
         outcomes[name] = _nearest_label(products, values, truth, label_embeddings, rows)
