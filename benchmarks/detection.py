@@ -62,7 +62,7 @@ def main() -> None:
     from moon_swift.detection.backend import BUNDLED_CHECKPOINT, BUNDLED_CONFIG, Detector
     from moon_swift.detection.selection import BoxPolicy, select_boxes
     from moon_swift.detection.store import BoxStore, detect_images
-    from moon_swift.detection.synth import build_dataset, core_boxes
+    from moon_swift.detection.training.synth import build_dataset, core_boxes
 
     tmp = tempfile.TemporaryDirectory()
     if args.data:

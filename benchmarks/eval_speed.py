@@ -32,9 +32,9 @@ def encoding(args) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from helpers import FASHION_CATALOG
 
+    from moon_swift.apps.tiny_model import make_tiny
     from moon_swift.data import read_fashion_catalog
     from moon_swift.eval.encode import ProductEncoder, product_request
-    from moon_swift.modeling.tiny import make_tiny
 
     model_dir = Path(tempfile.mkdtemp()) / "tiny"
     make_tiny(model_dir, seed=0)

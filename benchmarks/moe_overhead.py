@@ -17,7 +17,8 @@ import torch
 from transformers import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2MLP
 
-from moon_swift.modeling.guided_moe import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, GuidedMoE, MoeSettings
+from moon_swift.core.markup import TOKEN_ATTRIBUTE, TOKEN_CATEGORY
+from moon_swift.modeling.guided_moe import GuidedMoE, MoeSettings
 
 
 def timed(step, repeats: int) -> float:

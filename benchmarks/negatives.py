@@ -54,7 +54,7 @@ def run(config: tuple[str, int | None], args: argparse.Namespace, results) -> No
         os.environ["INFONCE_TEMPERATURE"] = "0.05"
         loss_fn = loss_map["infonce"](SimpleNamespace(), _Trainer())
     else:
-        from moon_swift.loss import MoonInfoNCELoss
+        from moon_swift.losses.moon_infonce import MoonInfoNCELoss
 
         os.environ["MOON_INFONCE_QUEUE_SIZE"] = str(queue)
         loss_fn = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=None), _Trainer())

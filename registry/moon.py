@@ -1,1 +1,1 @@
-import moon_swift.plugin  # noqa: F401  (`--external_plugins registry/moon.py`; not needed after pip install)
+import moon_swift.integrations.swift.plugin  # noqa: F401  (`--external_plugins registry/moon.py`; not needed after pip install)

@@ -16,7 +16,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_moon_dir(tmp_path_factory) -> Path:
     """A tiny MOON checkpoint (seed 0), built once per session."""
-    from moon_swift.modeling.tiny import make_tiny
+    from moon_swift.apps.tiny_model import make_tiny
 
     out = tmp_path_factory.mktemp("tiny-moon")
     make_tiny(out, seed=0)

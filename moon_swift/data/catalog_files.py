@@ -8,15 +8,14 @@ pairs rows (user behaviour): ``query_text`` and/or ``query_image``, and the ``pr
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MoonInputError
-from ..images import image_problem
+from ..core.errors import MoonInputError
+from ..core.images import image_problem
+from ..core.rows import iter_rows
 from .records import BadRowLog, OnBadRow, ProductRecord, checked_record, logger
 
 
@@ -27,27 +26,6 @@ class QueryPair:
     product_id: str
     query_text: str | None = None
     query_image: str | None = None
-
-
-def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number, row) of a CSV (header = row 1) or JSONL (line = row) file."""
-    if not path.is_file():
-        raise MoonInputError("file not found", file=str(path))
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as file:
-            yield from enumerate(csv.DictReader(file), start=2)
-        return
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise MoonInputError(f"not valid JSON ({error})", file=str(path), row=number) from error
-            if not isinstance(row, dict):
-                raise MoonInputError("a row must be a JSON object", file=str(path), row=number)
-            yield number, row
 
 
 def split_list(value: Any, separator: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
 from .records import BadRowLog, OnBadRow, ProductRecord, checked_record, logger
 
 REQUIRED_COLUMNS = ("id", "image", "masterCategory", "subCategory", "articleType", "productDisplayName")

@@ -11,8 +11,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..errors import MoonInputError
-from .catalog_files import QueryPair, iter_rows, parse_attributes, split_list
+from ..core.errors import MoonInputError
+from ..core.rows import iter_rows
+from .catalog_files import QueryPair, parse_attributes, split_list
 from .records import BadRowLog, OnBadRow, ProductRecord, checked_record, logger
 
 ID_FIELDS = ("doc_id", "item_id", "nid", "id")

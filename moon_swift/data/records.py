@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
 
 logger = logging.getLogger("moon_swift.data")
 
@@ -78,7 +78,7 @@ def checked_record(
     ``where`` holds ``file`` and ``row``; ``fields`` names the id, title and image columns of the
     source format so that messages use the user's own column names.
     """
-    from ..images import image_problem
+    from ..core.images import image_problem
 
     id_field, title_field, image_field = fields
     if not product_id:

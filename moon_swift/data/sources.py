@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
 from .catalog_files import QueryPair, read_catalog, read_pairs
 from .fashion_catalog import read_fashion_catalog
 from .mbe import read_mbe

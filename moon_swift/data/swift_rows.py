@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import MoonInputError
-from ..markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
+from ..core.errors import MoonInputError
+from ..core.markup import ATTRIBUTE_TAGS, CATEGORY_TAGS, GROUP_ID_TAGS
 from .records import ProductRecord
 
 
@@ -96,12 +96,23 @@ def title_to_product_rows(
     return catalog_rows(records, ("title",), negatives)
 
 
+#: how a behaviour pair queries: text only, a photo only, or a photo with text (a multimodal query)
+QUERY_KINDS = ("text", "image", "multimodal")
+
+
+def query_kind(text: str | None, image: str | None) -> str:
+    if image and text:
+        return "multimodal"
+    return "image" if image else "text"
+
+
 def behaviour_rows(
     pairs: Sequence[Any],
     products: dict[str, ProductRecord],
     negatives: dict[str, Sequence[ProductRecord]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """User behaviour (query text and/or image -> product id) -> rows against the full product."""
+    """User behaviour (query text and/or image -> product id) -> rows against the full product; a photo +
+    text query is ``<image>`` followed by the text, one anchor (as :func:`embedding_row` writes any query)."""
     for pair in pairs:
         product = products[pair.product_id]
         chosen = (negatives or {}).get(pair.product_id, ())

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import MoonInputError
-from ..images import image_problem
+from ..core.errors import MoonInputError
+from ..core.images import image_problem
 from .records import BadRowLog, OnBadRow, logger
 
 # (messages key, images key, nested: one list of messages per positive/negative)

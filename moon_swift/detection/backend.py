@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import MoonInputError
-from ..images import load_image, to_rgb
+from ..core.errors import MoonInputError
+from ..core.images import load_image, to_rgb
 
 PACKAGE_DIR = Path(__file__).parent
 BUNDLED_CONFIG = PACKAGE_DIR / "configs" / "rtmdet_product_tiny.py"
@@ -75,14 +75,17 @@ class Detector:
         self.model = _build_model(config, checkpoint, device, trust_checkpoint)
         self.classes = tuple(self.model.dataset_meta.get("classes", ()))
         self._pipeline = _test_pipeline(self.model.cfg)
-        self.fingerprint = hashlib.sha256(
-            (file_sha256(config) + file_sha256(checkpoint)).encode()
-        ).hexdigest()[:16]  # fmt: skip
+        self.fingerprint = files_fingerprint(config, checkpoint)
 
     def describe(self) -> dict[str, str]:
         """What made the boxes: recorded with each stored result."""
         return {"config": self.config_path.name, "checkpoint": self.checkpoint_path.name,
                 "fingerprint": self.fingerprint}  # fmt: skip
+
+    def record(self) -> dict[str, str]:
+        """:meth:`describe` plus where the files are: what a checkpoint keeps to detect again later."""
+        return {**self.describe(), "config_path": str(self.config_path.resolve()),
+                "checkpoint_path": str(self.checkpoint_path.resolve())}  # fmt: skip
 
     def detect(self, images: Sequence[ImageInput], batch_size: int | None = None) -> list[Detections]:
         """Detections for each image, in order; decoding errors raise :class:`MoonInputError` naming the file."""
@@ -180,3 +183,38 @@ def _test_pipeline(cfg):
 def default_detector(device: str = "cpu", batch_size: int = 8) -> Detector:
     """The bundled core-product detector (see ``weights/README.md`` for how it was trained)."""
     return Detector(BUNDLED_CONFIG, BUNDLED_CHECKPOINT, device=device, batch_size=batch_size)
+
+
+def files_fingerprint(config: str | Path, checkpoint: str | Path) -> str:
+    """The fingerprint :class:`Detector` gives these files (without building the model)."""
+    return hashlib.sha256((file_sha256(config) + file_sha256(checkpoint)).encode()).hexdigest()[:16]
+
+
+def find_detector(record: dict | None, device: str = "cpu") -> Detector:
+    """The detector a checkpoint's crops came from (:meth:`Detector.record`), on this machine.
+
+    The bundled detector is recognised by its fingerprint wherever the package is installed; another one
+    is loaded from the paths it was at and must still have the same fingerprint. None: the bundled one.
+    """
+    if not record:
+        return default_detector(device)
+    fingerprint = record.get("fingerprint")
+    if fingerprint == files_fingerprint(BUNDLED_CONFIG, BUNDLED_CHECKPOINT):
+        return default_detector(device)
+    config, checkpoint = record.get("config_path"), record.get("checkpoint_path")
+    if not (config and checkpoint and Path(config).is_file() and Path(checkpoint).is_file()):
+        raise MoonInputError(
+            f"the checkpoint's crops come from detector {record.get('config')} + {record.get('checkpoint')} "
+            f"(fingerprint {fingerprint}), whose files are not here ({config}, {checkpoint}); give a box store it "
+            "made instead",
+            field="detector",
+        )
+    detector = Detector(config, checkpoint, device=device)
+    if fingerprint and detector.fingerprint != fingerprint:
+        raise MoonInputError(
+            f"detector files changed: fingerprint {detector.fingerprint}, the checkpoint's crops come from "
+            f"{fingerprint}",
+            file=checkpoint,
+            field="detector",
+        )
+    return detector

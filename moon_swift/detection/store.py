@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from ..data.catalog_files import iter_rows
-from ..errors import MoonInputError
-from ..images import load_image
+from ..core.errors import MoonInputError
+from ..core.images import load_image
+from ..core.rows import iter_rows
 from .selection import BoxPolicy, Selection, full_image, select_boxes
 
 logger = logging.getLogger("moon_swift.detection")
@@ -89,6 +89,19 @@ class BoxStore:
         """The stored :class:`Selection` for an image path or its bytes, or None if it was never detected."""
         entry = self.entry(image)
         return None if entry is None else Selection.from_dict(entry)
+
+    def lookup_sha256(self, sha256: str) -> Selection | None:
+        """The stored :class:`Selection` for an image's content hash (the image already read), or None."""
+        entry = self.entries.get(sha256)
+        return None if entry is None else Selection.from_dict(entry)
+
+    def detector_fingerprints(self) -> set[str]:
+        """The fingerprints of the detectors whose results the store holds (its effective lines)."""
+        return {str(e.get("detector", {}).get("fingerprint")) for e in self.entries.values() if e.get("detector")}
+
+    def first_entry(self) -> dict[str, Any] | None:
+        """Any stored line (they share detector and policy in a store written by one ``moon-swift detect``)."""
+        return next(iter(self.entries.values()), None)
 
     def add(self, entry: dict[str, Any]) -> None:
         self.entries[entry["sha256"]] = entry

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .report import column_name
+
 
 def plot_results(per_model: dict[str, dict[str, float]], out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .run import column_name
 
     written = []
     first = next(iter(per_model.values()))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
 from .encode import Encoder
 
 

@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import Qwen2_5_VLConfig
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
 
 #: Base architectures MOON can be built on, keyed by their transformers ``model_type``.
 SUPPORTED_BASE_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-TOKEN_OTHER, TOKEN_CATEGORY, TOKEN_ATTRIBUTE = 0, 1, 2
+from ..core.markup import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, TOKEN_OTHER
 
 
 @dataclass

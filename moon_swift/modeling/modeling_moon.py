@@ -12,7 +12,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel, Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
 from .configuration_moon import MoonConfig
 from .guided_moe import GuidedMoE, MoeSettings
 

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ..errors import MoonInputError
+from ..core.errors import MoonInputError
+from ..core.settings import EmbeddingSettings
 from .configuration_moon import SUPPORTED_BASE_MODEL_TYPES, MoonConfig
 from .modeling_moon import MoonModel
 from .processing_moon import MoonProcessor
@@ -76,6 +77,7 @@ def upcycle(
         chat_template=_chat_template(base_dir),
     )
     processor.save_pretrained(out_dir)
+    EmbeddingSettings().save(out_dir)  # original images, MOON's chat format: training records its own
     return sorted(p for p in out_dir.iterdir() if p.is_file())
 
 

@@ -5,9 +5,9 @@ import shutil
 import pytest
 from helpers import FASHION_CATALOG
 
+from moon_swift.core.errors import MoonInputError
 from moon_swift.data.catalog_files import parse_attributes, read_catalog, read_pairs
 from moon_swift.data.mbe import read_mbe
-from moon_swift.errors import MoonInputError
 
 
 @pytest.fixture

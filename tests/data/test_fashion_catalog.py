@@ -5,8 +5,8 @@ import shutil
 import pytest
 from helpers import FASHION_CATALOG
 
+from moon_swift.core.errors import MoonInputError
 from moon_swift.data import read_fashion_catalog
-from moon_swift.errors import MoonInputError
 
 
 def test_reads_real_catalog_rows_into_product_records():

@@ -3,9 +3,9 @@ import json
 import pytest
 from helpers import write_generic_catalog
 
+from moon_swift.core.errors import MoonInputError
 from moon_swift.data.sources import load_products
 from moon_swift.data.swift_rows import read_records, write_records
-from moon_swift.errors import MoonInputError
 
 
 def test_every_format_loads_through_one_entry_point_with_limit_and_pairs(tmp_path):

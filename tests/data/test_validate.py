@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from moon_swift.core.errors import MoonInputError
 from moon_swift.data.validate import check_embedding_jsonl
-from moon_swift.errors import MoonInputError
 
 
 def _write(path, rows):

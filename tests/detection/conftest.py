@@ -15,7 +15,7 @@ def random_checkpoint(path: Path, seed: int = 0, **model_options) -> Path:
     from mmdet.apis import init_detector
     from mmengine.config import Config
 
-    from moon_swift.detection.train import strip_checkpoint
+    from moon_swift.detection.training.train import strip_checkpoint
 
     torch.manual_seed(seed)
     cfg = Config.fromfile(str(BUNDLED_CONFIG))

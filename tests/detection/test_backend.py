@@ -6,10 +6,10 @@ import torch
 from helpers import FASHION_CATALOG, STREET_PHOTOS
 from PIL import Image
 
+from moon_swift.core.errors import MoonInputError
 from moon_swift.detection.backend import BUNDLED_CHECKPOINT, BUNDLED_CONFIG, Detector, default_detector
 from moon_swift.detection.selection import select_boxes
-from moon_swift.detection.synth import build_dataset, core_boxes
-from moon_swift.errors import MoonInputError
+from moon_swift.detection.training.synth import build_dataset, core_boxes
 
 
 def iou(a, b) -> float:

@@ -5,7 +5,7 @@ import sys
 import pytest
 from helpers import FASHION_CATALOG, STREET_PHOTOS, run_cli
 
-from moon_swift.cli import main
+from moon_swift.apps.cli import main
 from moon_swift.detection.store import BoxStore
 
 ENV = {"OMP_NUM_THREADS": "1"}

@@ -6,9 +6,9 @@ import pytest
 from helpers import FASHION_CATALOG, STREET_PHOTOS
 from PIL import Image
 
+from moon_swift.core.errors import MoonInputError
 from moon_swift.detection.selection import BoxPolicy, crop
 from moon_swift.detection.store import BoxStore, detect_images
-from moon_swift.errors import MoonInputError
 
 STREET = sorted((STREET_PHOTOS / "train" / "shirt").glob("*.jpg"))
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def tiny_qwen2_text(tmp_path_factory) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from moon_swift.modeling.tiny import QWEN_VOCAB_SIZE, build_tokenizer
+    from moon_swift.apps.tiny_model import QWEN_VOCAB_SIZE, build_tokenizer
 
     out = tmp_path_factory.mktemp("qwen2-text")
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 from helpers import FASHION_CATALOG, REPO_ROOT, run_cli, swift_executable
 from safetensors.torch import load_file
 
-from moon_swift.modeling.tiny import make_tiny
+from moon_swift.apps.tiny_model import make_tiny
 from moon_swift.modeling.upcycle import upcycle
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,8 @@ from helpers import FASHION_CATALOG, REPO_ROOT, run_cli, swift_executable
 
 from moon_swift.data import read_fashion_catalog, write_records
 from moon_swift.eval.encode import ProductEncoder, image_query_request, product_request, query_request
-from moon_swift.eval.run import evaluate_model, flatten
+from moon_swift.eval.report import flatten
+from moon_swift.eval.run import evaluate_model
 from moon_swift.eval.service import ServiceEncoder
 
 pytestmark = pytest.mark.slow

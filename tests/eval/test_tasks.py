@@ -3,7 +3,7 @@ from helpers import FASHION_CATALOG
 
 from moon_swift.data import read_fashion_catalog
 from moon_swift.eval.encode import ProductEncoder
-from moon_swift.eval.run import flatten, format_side_by_side
+from moon_swift.eval.report import flatten, format_side_by_side
 from moon_swift.eval.tasks import attribute_prediction, retrieval, zero_shot_classification
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from moon_swift.errors import MoonInputError
+from moon_swift.core.errors import MoonInputError
 from moon_swift.modeling import MoonConfig
 
 

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from moon_swift.errors import MoonInputError
+from moon_swift.core.errors import MoonInputError
 from moon_swift.modeling import MoonConfig, MoonModel, mean_pool
 from moon_swift.modeling.modeling_moon import last_token_pool
 

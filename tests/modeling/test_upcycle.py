@@ -6,9 +6,9 @@ import transformers
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from moon_swift.errors import MoonInputError
+from moon_swift.apps.tiny_model import TinySpec, make_tiny
+from moon_swift.core.errors import MoonInputError
 from moon_swift.modeling import MoonModel, MoonProcessor
-from moon_swift.modeling.tiny import TinySpec, make_tiny
 from moon_swift.modeling.upcycle import upcycle
 
 BASE_CLASSES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}

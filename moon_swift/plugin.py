@@ -1,5 +1,0 @@
-"""Importing this module registers everything moon-swift adds to ms-swift (``registry/moon.py`` does)."""
-
-from .register import register_all
-
-register_all()
