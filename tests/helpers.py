@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +32,8 @@ def run_cli(args: list[str], *, cwd: Path = REPO_ROOT, env: dict | None = None, 
 
 
 def write_generic_catalog(root: Path) -> tuple[Path, Path]:
-    """4 real photos as a generic JSONL catalog (2 categories, 2 colours) + 2 behaviour pairs."""
+    """4 real photos as a generic JSONL catalog (2 categories, 2 colours) + 3 behaviour pairs: a text query,
+    a photo query (a real street photo) and a photo + text query."""
     (root / "img").mkdir()
     products = []
     for i, name in enumerate(["10002.jpg", "10005.jpg", "10008.jpg", "10011.jpg"]):
@@ -39,8 +44,54 @@ def write_generic_catalog(root: Path) -> tuple[Path, Path]:
     catalog = root / "catalog.jsonl"
     catalog.write_text("".join(json.dumps(p) + "\n" for p in products))
     pairs = root / "pairs.jsonl"
+    street = sorted((STREET_PHOTOS / "train" / "skirt").glob("*.jpg"))[0]
+    shutil.copy(street, root / "img" / "street_skirt.jpg")
     pairs.write_text(
         json.dumps({"query_text": "blue tee", "product_id": "P0"}) + "\n"
-        + json.dumps({"query_image": "img/10005.jpg", "product_id": "P1"}) + "\n"
+        + json.dumps({"query_image": "img/street_skirt.jpg", "product_id": "P1"}) + "\n"
+        + json.dumps({"query_image": "img/street_skirt.jpg", "query_text": "grey skirt", "product_id": "P3"}) + "\n"
     )  # fmt: skip
     return catalog, pairs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_server(process: subprocess.Popen, log: Path, url: str, timeout: float = 300) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"swift deploy exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"swift deploy did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def swift_deploy(model_dir: Path, log: Path, *, name: str = "moon-tiny", env: dict | None = None):
+    """`swift deploy --model_type moon` on a free loopback port; yields the OpenAI base URL.
+
+    ``env`` replaces the environment's moon variables (``MOON_*`` are dropped unless given)."""
+    port = free_port()
+    command = [swift_executable(), "deploy", "--model", str(model_dir), "--model_type", "moon",
+               "--task_type", "embedding", "--infer_backend", "transformers", "--host", "127.0.0.1",
+               "--port", str(port), "--served_model_name", name]  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MOON_") or k == "MOON_SWIFT_AUTOLOAD"}
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**clean, "TOKENIZERS_PARALLELISM": "false", **(env or {})})  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_for_server(process, log, url)
+        yield url
+    finally:  # the `swift` launcher runs the server as a child: stop the whole process group
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

@@ -100,6 +100,19 @@ def _encoder(args: argparse.Namespace, model: str, **options):
                           batch_size=getattr(args, "batch_size", 16), **options)  # fmt: skip
 
 
+def cmd_photo_queries(args: argparse.Namespace) -> None:
+    from ..data.photo_queries import write_photo_queries
+    from ..data.sources import load_products
+
+    records, _ = load_products(args.catalog, args.format, on_bad_row=args.on_bad_row, limit=args.limit)
+    backgrounds = args.backgrounds or _development_data("street-photos", "--backgrounds")
+    kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    report = write_photo_queries(records, backgrounds, args.out, kinds=kinds, val_fraction=args.val_fraction,
+                                 seed=args.seed)  # fmt: skip
+    print(f"composited photo queries for {len(records)} products from {args.catalog} on {backgrounds}")
+    print("\n".join(report.lines()))
+
+
 def cmd_check_data(args: argparse.Namespace) -> None:
     from ..data.validate import check_embedding_jsonl
 
@@ -380,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")
     _add_model_arguments(p, what="--mine-with")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("photo-queries", help="photo (+ text) queries: catalog products pasted onto street photos")
+    p.add_argument("--catalog", required=True, help="the catalog: a file or directory, see --format")
+    p.add_argument("--format", choices=["fashion", "generic", "mbe", "records"], default="fashion")
+    p.add_argument("--backgrounds", help="folder of background photos (default: the development street photos)")
+    p.add_argument("--out", required=True, help="output directory: images/ and pairs.jsonl")
+    p.add_argument("--kinds", default="image,multimodal", help="query kinds: image (photo), multimodal (photo + text)")
+    p.add_argument("--limit", type=int, help="read at most this many products")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="as prepare-data: held-out products get unseen "
+                   "backgrounds")  # fmt: skip
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_photo_queries)
 
     p = sub.add_parser("check-data", help="validate swift embedding JSONL files row by row before training")
     p.add_argument("files", nargs="+", help="JSONL files in swift's embedding format")

@@ -11,6 +11,7 @@ recorded there too (for the model card); they do not change an embedding.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -130,3 +131,15 @@ def settings_of(directories: list[str | Path]) -> tuple[EmbeddingSettings, str |
         if settings is not None:
             return settings, str(directory)
     return EmbeddingSettings(), None
+
+
+def base_identity(model_dir: str | Path) -> str | None:
+    """A hash of a checkpoint's architecture (its ``config.json`` without bookkeeping keys): what an adapter
+    records of the base it was trained on (None without a config)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("transformers_version", "torch_dtype", "dtype", "_name_or_path", "architectures"):
+        config.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

@@ -10,8 +10,9 @@ from ..core.errors import MoonInputError
 from ..core.rows import iter_rows
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-#: swift embedding rows keep images here (lists, or lists of lists for positives/negatives); products JSONL in "images"
-IMAGE_FIELDS = ("images", "positive_images", "negative_images", "image")
+#: swift embedding rows keep images here (lists, or lists of lists for positives/negatives); products JSONL in
+#: "images"; behaviour pairs (``val_pairs.jsonl``, ``photo-queries``) in "query_image"
+IMAGE_FIELDS = ("images", "positive_images", "negative_images", "image", "query_image")
 
 
 def _flatten(value) -> Iterator[str]:

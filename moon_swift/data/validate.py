@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import MoonInputError
-from ..core.images import image_problem
+from ..core.images import describe_value, image_problem
 from .records import BadRowLog, OnBadRow, logger
 
 # (messages key, images key, nested: one list of messages per positive/negative)
@@ -45,9 +45,9 @@ def _row_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
                 problems.append((f"{images_key}{suffix}", f"{len(images)} images for "
                                  f"{_text(messages).count('<image>')} <image> tags"))  # fmt: skip
             for image_index, image in enumerate(images):
-                problem = image_problem(image) if isinstance(image, str) else None
+                problem = image_problem(image)
                 if problem:
-                    problems.append((f"{images_key}{suffix}[{image_index}]", f"{problem}: {image}"))
+                    problems.append((f"{images_key}{suffix}[{image_index}]", f"{problem}: {describe_value(image)}"))
     return problems
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import MoonInputError
-from ..core.settings import EMBEDDING_FIELDS, load_settings
+from ..core.settings import EMBEDDING_FIELDS, base_identity, load_settings
 from ..data.records import ProductRecord
 from ..data.swift_rows import product_messages
 
@@ -134,18 +134,6 @@ class ProductEncoder(Encoder):
             return np.zeros((0, self.model.config.text_config.hidden_size), dtype=np.float32)
         responses = self.engine.infer([InferRequest(**request) for request in requests], use_tqdm=progress)
         return np.asarray([response.data[0].embedding for response in responses], dtype=np.float32)
-
-
-def base_identity(model_dir: str | Path) -> str | None:
-    """A hash of a checkpoint's architecture (its ``config.json`` without bookkeeping keys): what an adapter
-    records of the base it was trained on (None without a config)."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("transformers_version", "torch_dtype", "dtype", "_name_or_path", "architectures"):
-        config.pop(key, None)
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_adapters(model_dir: str, adapters: Sequence[str]) -> None:

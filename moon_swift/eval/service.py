@@ -7,6 +7,7 @@ through the service. Images travel inline (base64), so the server need not share
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,23 +15,27 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..core.errors import MoonInputError
+from ..core.images import URL_PREFIXES, read_image
 from .encode import Encoder
 
 
-def inline_image(path: str) -> str:
-    """The file's bytes as base64 (swift's request format for an image the server cannot open)."""
-    try:
-        with open(path, "rb") as file:
-            return base64.b64encode(file.read()).decode("ascii")
-    except OSError as error:
-        raise MoonInputError(f"image cannot be read ({error.strerror})", file=path, field="images") from error
+def inline_image(image: Any) -> str:
+    """An image as the server can take it whatever its disk: a URL as it is, anything else (a path, bytes, an
+    HF ``{"bytes", "path"}`` dict, a PIL image, base64) as base64 of its encoded bytes."""
+    if isinstance(image, str) and image.startswith(URL_PREFIXES):
+        return image
+    loaded = read_image(image, field="images")
+    if loaded.data is None:  # an in-memory PIL image: send it as PNG
+        buffer = io.BytesIO()
+        loaded.image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(loaded.data).decode("ascii")
 
 
 def embedding_request(request: dict[str, Any]) -> tuple[str, list[str]]:
     """(text, inline images) of one single-turn request, as ``/v1/embeddings`` takes them."""
     (message,) = request["messages"]
-    return message["content"], [inline_image(p) if isinstance(p, str) else p for p in request.get("images", [])]
+    return message["content"], [inline_image(image) for image in request.get("images", [])]
 
 
 class ServiceEncoder(Encoder):

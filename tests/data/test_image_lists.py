@@ -54,3 +54,10 @@ def test_bad_datasets_are_clear_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(MoonInputError, match="no images"):
         dataset_images([empty])
+
+
+def test_behaviour_pairs_give_their_query_photos(tmp_path, images):
+    pairs = tmp_path / "val_pairs.jsonl"
+    pairs.write_text(json.dumps({"query_image": images[0], "query_text": "blue", "product_id": "1"}) + "\n"
+                     + json.dumps({"query_text": "only text", "product_id": "2"}) + "\n")  # fmt: skip
+    assert dataset_images([pairs]) == [images[0]]

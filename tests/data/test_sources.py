@@ -11,7 +11,7 @@ from moon_swift.data.swift_rows import read_records, write_records
 def test_every_format_loads_through_one_entry_point_with_limit_and_pairs(tmp_path):
     catalog, pairs = write_generic_catalog(tmp_path)
     records, found = load_products(str(catalog), "generic", pairs=str(pairs))
-    assert [r.product_id for r in records] == ["P0", "P1", "P2", "P3"] and len(found) == 2
+    assert [r.product_id for r in records] == ["P0", "P1", "P2", "P3"] and len(found) == 3
     write_records(records, tmp_path / "products.jsonl")
     again, none = load_products(str(tmp_path / "products.jsonl"), "records", limit=3)
     assert [r.product_id for r in again] == ["P0", "P1", "P2"] and none == []

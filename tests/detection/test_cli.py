@@ -12,7 +12,7 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def moon_swift(*args: str):
-    return run_cli([sys.executable, "-m", "moon_swift.cli", *args], env=ENV, timeout=300)
+    return run_cli([sys.executable, "-m", "moon_swift.apps.cli", *args], env=ENV, timeout=300)
 
 
 @pytest.mark.slow  # two CLI processes, each importing torch + mmdet: ~25 s

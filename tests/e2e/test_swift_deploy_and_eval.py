@@ -4,16 +4,11 @@ benchmarks, through the real swift CLI on loopback. Slow (each starts a swift se
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FASHION_CATALOG, REPO_ROOT, run_cli, swift_executable
+from helpers import FASHION_CATALOG, run_cli, swift_deploy, swift_executable
 
 from moon_swift.data import read_fashion_catalog, write_records
 from moon_swift.eval.encode import ProductEncoder, image_query_request, product_request, query_request
@@ -24,45 +19,11 @@ from moon_swift.eval.service import ServiceEncoder
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_server(process: subprocess.Popen, log: Path, url: str, timeout: float = 300) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"swift deploy exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"swift deploy did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def served_tiny(tiny_moon_dir, tmp_path_factory):
     """`swift deploy --model_type moon` on a free loopback port; yields the OpenAI base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("deploy") / "deploy.log"
-    command = [swift_executable(), "deploy", "--model", str(tiny_moon_dir), "--model_type", "moon",
-               "--task_type", "embedding", "--infer_backend", "transformers", "--host", "127.0.0.1",
-               "--port", str(port), "--served_model_name", "moon-tiny"]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_for_server(process, log, url)
+    with swift_deploy(tiny_moon_dir, tmp_path_factory.mktemp("deploy") / "deploy.log") as url:
         yield url
-    finally:  # the `swift` launcher runs the server as a child: stop the whole process group
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import shutil
 import pytest
 from helpers import REPO_ROOT, run_cli, swift_executable
 
+from moon_swift.core.settings import EmbeddingSettings
+
 pytestmark = pytest.mark.slow
 
 OFFLINE_HUB = REPO_ROOT / "tests" / "fixtures" / "offline_modelscope.py"
@@ -25,11 +27,12 @@ def training_checkpoint(tiny_moon_dir, tmp_path):
         (checkpoint / name).write_bytes(b"\0")
     (checkpoint / "args.json").write_text(json.dumps({"dataset": ["data/train.jsonl"], "loss_type": "moon_infonce",
                                                       "hub_token": "OLD-TRAINING-TOKEN"}))  # fmt: skip
-    (checkpoint / "moon_training.json").write_text(json.dumps({
-        "image_views": "both", "boxes": "data/boxes.jsonl",
-        "detector": {"config": "rtmdet_product_tiny.py", "checkpoint": "product_detector.pth", "fingerprint": "abc"},
-        "moon_infonce": {"temperature": 0.05, "spatial": True, "queue_size": 4096, "queue_max_age": 8,
-                         "queue_negatives": True}}))  # fmt: skip
+    EmbeddingSettings(
+        image_views="both", boxes="data/boxes.jsonl",
+        detector={"config": "rtmdet_product_tiny.py", "checkpoint": "product_detector.pth", "fingerprint": "abc"},
+        training={"loss_type": "moon_infonce", "moon_infonce": {"temperature": 0.05, "spatial": True,
+                  "queue_size": 4096, "queue_max_age": 8, "queue_negatives": True}},
+    ).save(checkpoint)  # fmt: skip
     return checkpoint
 
 
@@ -48,7 +51,7 @@ def test_upload_stages_weights_card_and_configuration_only(training_checkpoint, 
     assert upload["model_id"] == "someone/moon-tiny"
     expected = {"README.md", "configuration.json", "config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-                "moon_training.json"}  # fmt: skip
+                "moon_embedding.json"}  # fmt: skip
     assert set(upload["files"]) == expected | ({"preprocessor_config.json"} & set(upload["files"]))
     assert upload["configuration"]["task"] == "sentence-embedding" and upload["configuration"]["model_type"] == "moon"
     card = upload["card"]

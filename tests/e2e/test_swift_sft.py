@@ -140,9 +140,9 @@ def test_a_row_with_a_missing_image_stops_training_with_file_and_field(tiny_moon
     dataset.write_text("\n".join([rows[0], json.dumps(bad), *rows[2:]]) + "\n")
     result = swift_sft(tiny_moon_dir, dataset, tmp_path / "out")
     assert result.returncode != 0
-    assert "MoonInputError: file /data/gone/missing-photo.jpg, field 'images[0]': image file does not exist" in (
-        result.stdout
-    )
+    product = bad["positive_messages"][0][0]["content"].split("<group_id>")[1].split("</group_id>")[0]
+    assert (f"MoonInputError: file /data/gone/missing-photo.jpg, row with positive product '{product}', field "
+            "'positive[0] images[0]': image file does not exist") in result.stdout  # fmt: skip
     check = run_cli([str(Path(swift_executable()).with_name("moon-swift")), "check-data", str(dataset)])
     assert check.returncode == 2
     assert f"file {dataset}, row 2, field 'positive_images[0][0]'" in check.stdout

@@ -130,3 +130,77 @@ def test_a_row_with_two_group_ids_is_refused(moon_template):
         moon_template.encode(
             {"messages": [{"role": "user", "content": "<group_id>a</group_id><group_id>b</group_id>x"}]}
         )
+
+
+def _training_template(tiny_moon_dir, model_dir=None):
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    _, processor = get_model_processor(str(model_dir or tiny_moon_dir), model_type="moon", task_type="embedding",
+                                       load_model=False)  # fmt: skip
+    template = get_template(processor, template_type="moon")
+    template.set_mode("train")
+    return template
+
+
+def _photo_row(query_image, product_image, text=""):
+    """A photo query row as swift's dataset loader hands it over: the anchor's images as HF image dicts."""
+    return {"messages": [{"role": "user", "content": "<image>" + text}], "images": [query_image],
+            "positive_messages": [[{"role": "user", "content": "<group_id>P1</group_id><image>Blue Tee"}]],
+            "positive_images": [[product_image]]}  # fmt: skip
+
+
+def test_photo_query_rows_encode_as_swift_hands_them_over(tiny_moon_dir, catalog_images):
+    template = _training_template(tiny_moon_dir)
+    for query in ({"bytes": None, "path": str(catalog_images[0])},
+                  {"bytes": catalog_images[0].read_bytes(), "path": None}, str(catalog_images[0])):  # fmt: skip
+        for text in ("", "blue tee"):  # a photo query, and a multimodal one
+            encoded = template.encode(_photo_row(query, str(catalog_images[1]), text))
+            assert encoded["anchor_input_ids"].count(151652) == 1 and encoded["positive_input_ids"].count(151652) == 1
+            assert ("blue tee" in template.processor.tokenizer.decode(encoded["anchor_input_ids"])) == bool(text)
+
+
+def test_a_malformed_anchor_image_names_its_side_and_the_rows_product(tiny_moon_dir, catalog_images):
+    template = _training_template(tiny_moon_dir)
+    with pytest.raises(MoonInputError) as error:
+        template.encode(_photo_row({"bytes": None, "path": None}, str(catalog_images[1])))
+    assert "row with positive product 'P1'" in str(error.value) and "field 'anchor images[0]'" in str(error.value)
+    with pytest.raises(MoonInputError, match=r"positive\[0\] images\[0\]"):
+        template.encode(_photo_row(str(catalog_images[0]), "/no/such/product.jpg"))
+
+
+def test_with_crops_a_photo_query_is_its_original_and_its_crop_like_a_product(tiny_moon_dir, catalog_images, tmp_path):
+    import json
+    import shutil
+
+    from moon_swift.core.settings import EmbeddingSettings
+    from moon_swift.detection.store import BoxStore
+
+    store = tmp_path / "boxes.jsonl"
+    with store.open("w") as file:
+        for image in catalog_images[:2]:
+            file.write(json.dumps({"sha256": BoxStore().hash_of(image), "image": str(image), "width": 224,
+                                   "height": 224, "boxes": [[20.0, 40.0, 120.0, 200.0]], "scores": [0.9],
+                                   "fallback": False, "reason": "test"}) + "\n")  # fmt: skip
+    model = tmp_path / "model"
+    shutil.copytree(tiny_moon_dir, model)
+    EmbeddingSettings(image_views="both", boxes=str(store)).save(model)
+    template = _training_template(tiny_moon_dir, model)
+    encoded = template.encode(_photo_row({"bytes": catalog_images[0].read_bytes(), "path": None},
+                                         str(catalog_images[1]), "blue tee"))  # fmt: skip
+    assert encoded["anchor_input_ids"].count(151652) == 2  # [original, crop] of the query photo
+    assert encoded["positive_input_ids"].count(151652) == 2  # as for the product's image
+
+
+def test_each_image_of_a_row_is_decoded_once(tiny_moon_dir, catalog_images, monkeypatch):
+    from moon_swift.core import images
+
+    calls = []
+    decode = images._decode
+    monkeypatch.setattr(images, "_decode", lambda data, **kw: calls.append(kw["origin"]) or decode(data, **kw))
+    template = _training_template(tiny_moon_dir)
+    row = _photo_row(str(catalog_images[0]), str(catalog_images[1]))
+    row["positive_images"] = [[str(catalog_images[1]), str(catalog_images[2])]]
+    row["positive_messages"][0][0]["content"] = "<group_id>P1</group_id><image><image>Blue Tee"
+    template.encode(row)
+    assert sorted(calls) == sorted(str(p) for p in catalog_images[:3])

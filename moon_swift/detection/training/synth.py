@@ -77,7 +77,7 @@ def split_of(key: str, val_fraction: float) -> str:
 
 
 @dataclass
-class _Cutout:
+class Cutout:
     """A catalog product cut to its box: RGB pixels and a soft alpha."""
 
     source: str
@@ -85,17 +85,17 @@ class _Cutout:
     alpha: Image.Image
 
 
-def _cutout(path: Path, config: SynthConfig) -> _Cutout | None:
+def cutout(path: Path, config: SynthConfig) -> Cutout | None:
     image = load_image(str(path))
     mask = foreground_mask(image, config)
     if mask is None:
         return None
     box = mask_box(mask)
     alpha = Image.fromarray((mask * 255).astype(np.uint8)).crop(box)
-    return _Cutout(path.stem, image.crop(box), alpha)
+    return Cutout(path.stem, image.crop(box), alpha)
 
 
-def _paste(canvas: Image.Image, cutout: _Cutout, long_side: float, centre: tuple[float, float]) -> list[float]:
+def _paste(canvas: Image.Image, cutout: Cutout, long_side: float, centre: tuple[float, float]) -> list[float]:
     """Paste ``cutout`` scaled to ``long_side`` px centred at ``centre``; returns its exact COCO box [x, y, w, h]."""
     scale = long_side / max(cutout.rgb.size)
     size = (max(2, round(cutout.rgb.width * scale)), max(2, round(cutout.rgb.height * scale)))
@@ -116,14 +116,14 @@ def _overlap(a: list[float], b: list[float]) -> float:
     return max(w, 0) * max(h, 0) / max(a[2] * a[3], 1e-9)
 
 
-def _background(path: Path, long_side: int) -> Image.Image:
+def load_background(path: Path, long_side: int) -> Image.Image:
     image = load_image(str(path))
     scale = long_side / max(image.size)
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
 
 
 def compose(
-    background: Image.Image, core: _Cutout, distractors: list[_Cutout], rng: random.Random, config: SynthConfig
+    background: Image.Image, core: Cutout, distractors: list[Cutout], rng: random.Random, config: SynthConfig
 ) -> tuple[Image.Image, list[dict]]:
     """One composite: distractors first (beside the core, at most 20 % hidden by it), then the core on top."""
     canvas = background.copy()
@@ -201,7 +201,7 @@ def build_dataset(
         sources = [p for p in catalog if split_of(f"catalog:{p.stem}", config.val_fraction) == split]
         if max_catalog:
             sources = rng.sample(sources, min(max_catalog, len(sources)))
-        cutouts = [c for c in (_cutout(p, config) for p in sources) if c is not None]
+        cutouts = [c for c in (cutout(p, config) for p in sources) if c is not None]
         split_backgrounds = [p for p in backgrounds if split_of(f"background:{p.stem}", config.val_fraction) == split]
         if not cutouts or not split_backgrounds:
             raise MoonInputError(f"no usable catalog photos or backgrounds for the {split!r} split")
@@ -212,7 +212,7 @@ def build_dataset(
 def _write_split(
     out_dir: Path,
     split: str,
-    cutouts: list[_Cutout],
+    cutouts: list[Cutout],
     backgrounds: list[Path],
     count: int,
     rng: random.Random,
@@ -224,7 +224,7 @@ def _write_split(
     for index in range(count):
         path = rng.choice(backgrounds)
         if path not in background_cache:
-            background_cache[path] = _background(path, config.background_long_side_px)
+            background_cache[path] = load_background(path, config.background_long_side_px)
         chosen = rng.sample(cutouts, min(len(cutouts), 1 + rng.randint(0, config.max_distractors)))
         canvas, pasted = compose(background_cache[path], chosen[0], chosen[1:], rng, config)
         name = f"{split}/{index:06d}.jpg"

@@ -65,12 +65,19 @@ class EmbeddingSettingsCallback(TrainerCallback):
 
 
 def training_record(trainer) -> dict[str, Any]:
-    """The run's loss (and ``moon_infonce``'s options), recorded beside the settings for the model card."""
+    """The run's loss (and ``moon_infonce``'s options) and the model it started from, recorded beside the
+    settings: for the model card, and so that an adapter is never applied to another base."""
     from dataclasses import asdict
+
+    from ...core.settings import base_identity
 
     loss = getattr(trainer, "compute_loss_func", None)
     options = getattr(loss, "options", None)
-    record: dict[str, Any] = {"loss_type": getattr(trainer.args, "loss_type", None)}
+    base = getattr(trainer.template.model_info, "model_dir", None)
+    record: dict[str, Any] = {
+        "loss_type": getattr(trainer.args, "loss_type", None),
+        "base_model": {"path": base, "identity": base_identity(base) if base else None},
+    }
     if options is not None:
         record["moon_infonce"] = asdict(options)
     return record

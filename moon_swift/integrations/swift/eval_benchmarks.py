@@ -9,6 +9,7 @@ give the same figures. Registered by :mod:`moon_swift.integrations.swift.registr
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -92,7 +93,8 @@ class MoonProductsAdapter(DefaultDataAdapter):
             if direction == "title":
                 items = [(r.title, r.product_id) for r in records]
             else:
-                items = [(p.query_text or f"<image> {p.query_image}", p.product_id)
+                items = [(" ".join(part for part in (f"<image> {p.query_image}" if p.query_image else "",
+                                                     p.query_text or "") if part), p.product_id)
                          for p in retrieval_queries(self._pairs, direction)]  # fmt: skip
         else:  # the products, in the order, of the task's outcome
             if group == "classification":
@@ -163,13 +165,16 @@ def _meta(name: str, group: str, metrics: list[str]) -> BenchmarkMeta:
 def tolerate_missing_opencompass() -> None:
     """swift 4.6's ``EvalArguments`` lists OpenCompass's datasets for every backend, so without the
     optional ``opencompass`` package even a Native-backend ``swift eval`` dies on an ImportError.
-    With opencompass absent, its dataset list is empty instead (choosing that backend still fails)."""
+    With opencompass absent, its dataset list is empty instead (choosing that backend still fails). A patch,
+    as evalscope offers no extension point there; ``tests/integrations/swift/test_patches.py`` fails when
+    the patched function changes."""
     from evalscope.backend.opencompass import OpenCompassBackendManager
 
     original = OpenCompassBackendManager.list_datasets
     if getattr(original, "moon_tolerant", False):
         return
 
+    @functools.wraps(original)
     def list_datasets(*args: Any, **kwargs: Any):
         try:
             import opencompass  # noqa: F401

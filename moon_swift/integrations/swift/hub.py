@@ -11,6 +11,7 @@ and hands that to swift's own upload.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -190,13 +191,20 @@ def _is_moon(args) -> bool:
 
 
 def patch_swift_export() -> None:
-    """Wrap ``SwiftExport.run``: a moon ``--push_to_hub`` uploads a staged folder (idempotent)."""
+    """Wrap ``SwiftExport.run``: a moon ``--push_to_hub`` uploads a staged folder (idempotent).
+
+    A patch, because swift 4.6 has no hook between "export" and "upload": swift's ``push_to_hub`` takes
+    the checkpoint folder as it is. The wrapper relies on ``run(self)`` uploading
+    ``args.adapters[0] or args.model_dir``; ``tests/integrations/swift/test_patches.py`` fails when that
+    changes.
+    """
     from swift.pipelines.export.export import SwiftExport
 
     original = SwiftExport.run
     if getattr(original, "moon_publish", False):
         return
 
+    @functools.wraps(original)
     def run(self):
         args = self.args
         if not (args.push_to_hub and not args.merge_lora and _is_moon(args)):

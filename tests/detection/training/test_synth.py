@@ -9,10 +9,10 @@ from pycocotools.coco import COCO
 
 from moon_swift.detection.training.synth import (
     SynthConfig,
-    _cutout,
     build_dataset,
     compose,
     core_boxes,
+    cutout,
     foreground_mask,
     mask_box,
 )
@@ -46,7 +46,7 @@ def test_empty_and_full_frame_photos_are_rejected():
 
 def test_composite_annotations_match_the_pasted_pixels():
     config = SynthConfig()
-    core = _cutout(CATALOG_PHOTO, config)
+    core = cutout(CATALOG_PHOTO, config)
     background = Image.new("RGB", (320, 240), (40, 90, 160))
     canvas, annotations = compose(background, core, [], random.Random(0), config)
     (annotation,) = annotations
