@@ -156,6 +156,7 @@ def check_adapters(model_dir: str, adapters: Sequence[str]) -> None:
                 field="base_model",
             )
         fields = {name: getattr(settings, name) for name in EMBEDDING_FIELDS}
+        fields["detector"] = (settings.detector or {}).get("fingerprint")  # the same detector anywhere on disk
         if seen is not None and seen[1] != fields:
             differing = [name for name in EMBEDDING_FIELDS if seen[1][name] != fields[name]]
             name = differing[0]

@@ -189,7 +189,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
         sides += [(f"negative[{i}]", n) for i, n in enumerate(inputs.negative)]
         for side, part in sides:
             part.moon_side = side  # read by _preprocess_inputs to name the field
-        product = next((_group_id_of(p) for p in inputs.positive if _group_id_of(p)), None)
+        product = next(filter(None, map(_group_id_of, inputs.positive)), None)
         try:
             return super()._embedding_encode(inputs)
         except MoonInputError as error:

@@ -35,3 +35,50 @@ def test_embedding_cache_is_reused_and_invalidated_by_new_weights(tiny_moon_dir,
     (model / "model.safetensors").touch()  # the weights "changed": a new entry is computed
     ProductEncoder(str(model), cache_dir=tmp_path / "cache").encode(requests, progress=False)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def _adapter(path, settings=None):
+    path.mkdir()
+    (path / "adapter_config.json").write_text("{}")
+    if settings is not None:
+        settings.save(path)
+    return str(path)
+
+
+def test_adapters_for_another_base_or_disagreeing_on_settings_are_refused(tiny_moon_dir, tmp_path):
+    import pytest
+
+    from moon_swift.core.errors import MoonInputError
+    from moon_swift.core.settings import EmbeddingSettings, base_identity
+    from moon_swift.eval.encode import check_adapters
+
+    ours = {"base_model": {"path": str(tiny_moon_dir), "identity": base_identity(tiny_moon_dir)}}
+    crop = _adapter(tmp_path / "crop", EmbeddingSettings(image_views="crop", boxes="b.jsonl", training=ours))
+    same = _adapter(tmp_path / "same", EmbeddingSettings(image_views="crop", boxes="elsewhere.jsonl", training=ours))
+    check_adapters(str(tiny_moon_dir), [crop, same])  # agree on what changes the embedding: applied in order
+    plain = _adapter(tmp_path / "plain", EmbeddingSettings(training=ours))
+    with pytest.raises(MoonInputError, match="adapters disagree on image_views: 'crop' in .*crop, 'original' here"):
+        check_adapters(str(tiny_moon_dir), [crop, plain])
+    other = _adapter(tmp_path / "other", EmbeddingSettings(training={"base_model": {"identity": "0" * 16}}))
+    with pytest.raises(MoonInputError, match="trained on another base model: base identity 0{16}") as error:
+        check_adapters(str(tiny_moon_dir), [other])
+    assert base_identity(tiny_moon_dir) in str(error.value)
+    with pytest.raises(MoonInputError, match="not a LoRA adapter checkpoint"):
+        check_adapters(str(tiny_moon_dir), [str(tmp_path)])
+
+
+def test_device_and_dtype_default_to_the_cpu_in_float32_here_and_refuse_a_missing_gpu():
+    import pytest
+    import torch
+
+    from moon_swift.core.errors import MoonInputError
+    from moon_swift.eval.encode import default_device_dtype
+
+    if torch.cuda.is_available():
+        assert default_device_dtype() == ("cuda", "bfloat16")
+    else:
+        assert default_device_dtype() == ("cpu", "float32")
+        with pytest.raises(MoonInputError, match="--device cuda: no CUDA device"):
+            default_device_dtype("cuda")
+    with pytest.raises(MoonInputError, match="--dtype must be one of"):
+        default_device_dtype("cpu", "int8")
