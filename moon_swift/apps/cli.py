@@ -459,12 +459,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("moon_swift").setLevel(logging.INFO)
+    log_level = os.environ.get("LOG_LEVEL")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # swift's loader logs every setting at INFO
     try:
         args.func(args)
     except MoonInputError as error:
         print(f"moon-swift {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:  # called in-process (tests, scripts), the caller's environment is left as it was
+        if log_level is None:
+            os.environ.pop("LOG_LEVEL", None)
     return 0
 
 
