@@ -84,8 +84,7 @@ class Detector:
 
     def record(self) -> dict[str, str]:
         """:meth:`describe` plus where the files are: what a checkpoint keeps to detect again later."""
-        return {**self.describe(), "config_path": str(self.config_path.resolve()),
-                "checkpoint_path": str(self.checkpoint_path.resolve())}  # fmt: skip
+        return detector_record(self.config_path, self.checkpoint_path, self.fingerprint)
 
     def detect(self, images: Sequence[ImageInput], batch_size: int | None = None) -> list[Detections]:
         """Detections for each image, in order; decoding errors raise :class:`MoonInputError` naming the file."""
@@ -183,6 +182,18 @@ def _test_pipeline(cfg):
 def default_detector(device: str = "cpu", batch_size: int = 8) -> Detector:
     """The bundled core-product detector (see ``weights/README.md`` for how it was trained)."""
     return Detector(BUNDLED_CONFIG, BUNDLED_CHECKPOINT, device=device, batch_size=batch_size)
+
+
+def detector_record(config: str | Path, checkpoint: str | Path, fingerprint: str | None = None) -> dict[str, str]:
+    """What a checkpoint keeps of the detector its crops come from (names, fingerprint, where the files are),
+    from the files alone: no model is built."""
+    config, checkpoint = Path(config), Path(checkpoint)
+    for path in (config, checkpoint):
+        if not path.is_file():
+            raise MoonInputError("detector file does not exist", file=str(path), field="detector")
+    return {"config": config.name, "checkpoint": checkpoint.name,
+            "fingerprint": fingerprint or files_fingerprint(config, checkpoint),
+            "config_path": str(config.resolve()), "checkpoint_path": str(checkpoint.resolve())}  # fmt: skip
 
 
 def files_fingerprint(config: str | Path, checkpoint: str | Path) -> str:

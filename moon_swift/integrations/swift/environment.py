@@ -106,7 +106,7 @@ def resolve_settings(
 ) -> EmbeddingSettings:
     """The settings to encode with: ``saved`` (from ``source``, a checkpoint; None: the defaults) with the
     environment's overrides, each logged beside the saved value (see the module docstring for the rules)."""
-    from ...detection.backend import Detector, default_detector
+    from ...detection.backend import BUNDLED_CHECKPOINT, BUNDLED_CONFIG, detector_record
     from ...detection.store import BoxStore
 
     given = setting_overrides(env)
@@ -131,7 +131,7 @@ def resolve_settings(
     settings = saved.replace(**changes) if changes else saved
     detector = None
     if files:  # the detector for missing_boxes=detect (and the record of what made the crops)
-        detector = Detector(*files).record()
+        detector = detector_record(*files)
     if settings.uses_crops and not training:
         if detector is not None and saved.detector and detector["fingerprint"] != saved.detector.get("fingerprint"):
             raise MoonInputError(
@@ -149,7 +149,7 @@ def resolve_settings(
                 detector = _with_paths(detector)
             settings = settings.replace(detector=detector, box_policy=policy)
         else:
-            settings = settings.replace(detector=detector or default_detector().record())
+            settings = settings.replace(detector=detector or detector_record(BUNDLED_CONFIG, BUNDLED_CHECKPOINT))
     return settings
 
 
