@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import MoonInputError
-from ..detection.training.synth import SynthConfig, compose, cutout, load_background, split_of
+from ..detection.training.synth import SynthConfig, background_images, compose, cutout, load_background, split_of
 from .records import ProductRecord
 from .swift_rows import is_held_out
 
@@ -27,7 +27,6 @@ logger = logging.getLogger("moon_swift.data")
 
 #: the query kinds this writes: a photo alone, or a photo with a short text
 PHOTO_QUERY_KINDS = ("image", "multimodal")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
@@ -51,14 +50,6 @@ def short_text(record: ProductRecord) -> str:
     return " ".join(part for part in (colour, leaf) if part)
 
 
-def background_photos(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not photos:
-        raise MoonInputError("no background photos (.jpg/.png) in the folder", file=str(folder))
-    return photos
-
-
 def write_photo_queries(
     records: Sequence[ProductRecord],
     backgrounds: str | Path,
@@ -76,7 +67,7 @@ def write_photo_queries(
     config = config or SynthConfig()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    photos = background_photos(backgrounds)
+    photos = background_images(Path(backgrounds))
     pools = {split: [p for p in photos if split_of(f"background:{p.stem}", val_fraction) == split]
              for split in ("train", "val")}  # fmt: skip
     if not pools["train"] or not pools["val"]:

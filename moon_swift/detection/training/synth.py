@@ -171,7 +171,8 @@ def _catalog_images(catalog_dir: Path) -> list[Path]:
     return _listed_images(catalog_dir, "products.csv")
 
 
-def _background_images(backgrounds_dir: Path) -> list[Path]:
+def background_images(backgrounds_dir: Path) -> list[Path]:
+    """The photos of a backgrounds folder (those its ``labels.csv`` lists, else every image in it)."""
     return _listed_images(backgrounds_dir, "labels.csv")
 
 
@@ -193,7 +194,7 @@ def build_dataset(
     """
     catalog_dir, backgrounds_dir, out_dir = Path(catalog_dir), Path(backgrounds_dir), Path(out_dir)
     catalog = _catalog_images(catalog_dir)
-    backgrounds = _background_images(backgrounds_dir)
+    backgrounds = background_images(backgrounds_dir)
     rng = random.Random(seed)
     counts = {"train": num_train, "val": num_val}
     written = {}
