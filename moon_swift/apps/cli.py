@@ -32,12 +32,20 @@ def _add_moe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shared-expert", action="store_true", help="add an always-on shared expert")
     group.add_argument("--aux-loss-coef", type=float, default=0.01, help="load-balancing loss weight")
     group.add_argument("--z-loss-coef", type=float, default=0.0, help="router z-loss weight")
+    group = parser.add_argument_group("contrastive temperature (MoonConfig)")
+    group.add_argument("--learnable-temperature", action="store_true",
+                       help="learn the temperature as a model parameter (moon_infonce then uses it)")  # fmt: skip
+    group.add_argument("--init-temperature", type=float, default=0.05, help="its starting value")
 
 
 def _moe_options(args: argparse.Namespace) -> dict:
+    temperature = (
+        {"learnable_temperature": True, "init_temperature": args.init_temperature} if args.learnable_temperature else {}
+    )
     if not args.moe_layers:
-        return {}
+        return temperature
     return {
+        **temperature,
         "moe_layers": args.moe_layers,
         "num_experts": args.num_experts,
         "moe_top_k": args.top_k,

@@ -15,6 +15,7 @@ from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from ..core.settings import EmbeddingSettings
+from ..modeling.chat_format import moon_chat_template
 from ..modeling.configuration_moon import MOON_FIELDS, MoonConfig
 from ..modeling.modeling_moon import MoonModel
 from ..modeling.processing_moon import MoonProcessor
@@ -39,14 +40,21 @@ QWEN_SPECIAL_TOKENS = {
 }
 QWEN_VOCAB_SIZE = 151936  # Qwen2.5-VL's padded embedding size
 
-# The Qwen2-VL chat template, reduced to what an embedding model needs (text and images).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
+#: The chat template Qwen2-VL-*-Instruct and Qwen2.5-VL-*-Instruct ship (``chat_template.json``), verbatim:
+#: with its default system turn, so that tests see what users of the real checkpoints see.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -84,7 +92,7 @@ def _byte_level_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer() -> Qwen2Tokenizer:
+def build_tokenizer(chat_template: str = QWEN_VL_CHAT_TEMPLATE) -> Qwen2Tokenizer:
     """A byte-level Qwen2 tokenizer (no merges) whose special tokens have Qwen's real ids."""
     tokenizer = Qwen2Tokenizer(
         vocab=_byte_level_vocab(),
@@ -95,7 +103,7 @@ def build_tokenizer() -> Qwen2Tokenizer:
         additional_special_tokens=list(QWEN_SPECIAL_TOKENS),
         model_max_length=32768,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -165,13 +173,16 @@ def _base_model(config: MoonConfig):
     return base_cls(base_config)
 
 
-def build_processor(spec: TinySpec) -> MoonProcessor:
+def build_processor(spec: TinySpec, chat_template: str | None = None) -> MoonProcessor:
+    """The processor of the tiny model: MOON's chat format unless another ``chat_template`` is given."""
     merge = 2
     # The PIL image processor: the torchvision one needs a torchvision build matching torch.
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, patch_size=14, temporal_patch_size=2, merge_size=merge
     )
-    return MoonProcessor(image_processor=image_processor, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
+    chat_template = chat_template or moon_chat_template()
+    return MoonProcessor(image_processor=image_processor, tokenizer=build_tokenizer(chat_template),
+                         chat_template=chat_template)  # fmt: skip
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, spec: TinySpec | None = None, *, as_base: bool = False) -> list[Path]:
@@ -192,11 +203,11 @@ def make_tiny(out_dir: str | Path, seed: int = 0, spec: TinySpec | None = None, 
     finally:
         torch.random.set_rng_state(generator_state)
     model.eval().save_pretrained(out)
-    processor = build_processor(spec)
-    if as_base:  # hub layout: separate tokenizer and image-processor files
+    processor = build_processor(spec, QWEN_VL_CHAT_TEMPLATE if as_base else None)
+    if as_base:  # hub layout: separate tokenizer and image-processor files, Qwen's own chat template
         processor.tokenizer.save_pretrained(out)
         processor.image_processor.save_pretrained(out)
-        (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        (out / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_VL_CHAT_TEMPLATE}, indent=2) + "\n")
     else:
         processor.save_pretrained(out)
         EmbeddingSettings().save(out)

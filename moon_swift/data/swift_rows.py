@@ -36,11 +36,17 @@ def product_messages(record: ProductRecord, **parts: bool) -> list[dict[str, str
 
 
 def embedding_row(
-    query: str, query_images: Sequence[str], product: ProductRecord, negatives: Sequence[ProductRecord] = (), **parts
+    query: str,
+    query_images: Sequence[str],
+    product: ProductRecord,
+    negatives: Sequence[ProductRecord] | None = None,
+    **parts,
 ) -> dict[str, Any]:
     """One swift embedding row: the query (text and/or images) -> the product, plus hard negatives.
 
     ``parts`` (``with_title`` / ``with_fields``) choose the product view, the same for positive and negatives.
+    With hard negatives asked for (``negatives`` not None), a product that has none still gets empty negative
+    columns: swift reads a missing column of a file whose other rows have it as None and fails on it.
     """
     row: dict[str, Any] = {
         "messages": [{"role": "user", "content": "<image>" * len(query_images) + query}],
@@ -49,7 +55,7 @@ def embedding_row(
     }
     if query_images:
         row["images"] = list(query_images)
-    if negatives:
+    if negatives is not None:
         row["negative_messages"] = [product_messages(n, **parts) for n in negatives]
         row["negative_images"] = [list(n.images) for n in negatives]
     return row
@@ -59,7 +65,7 @@ def embedding_row(
 CATALOG_PAIR_KINDS = ("title", "image", "category")
 
 
-def title_to_product_row(record: ProductRecord, negatives: Sequence[ProductRecord] = ()) -> dict[str, Any]:
+def title_to_product_row(record: ProductRecord, negatives: Sequence[ProductRecord] | None = None) -> dict[str, Any]:
     """Anchor = the title as a text query; positive = the product without its title (images,
     category, attributes), so the pair teaches matching text to what the product looks like."""
     return embedding_row(record.title, (), record, negatives, with_title=False)
@@ -81,7 +87,7 @@ def catalog_rows(
     if unknown:
         raise ValueError(f"unknown catalog pair kinds {sorted(unknown)}; choose from {CATALOG_PAIR_KINDS}")
     for index, record in enumerate(records):
-        chosen = negatives[index] if negatives else ()
+        chosen = negatives[index] if negatives is not None else None
         if "title" in kinds:
             yield title_to_product_row(record, chosen)
         if "image" in kinds and record.images:
@@ -115,7 +121,7 @@ def behaviour_rows(
     text query is ``<image>`` followed by the text, one anchor (as :func:`embedding_row` writes any query)."""
     for pair in pairs:
         product = products[pair.product_id]
-        chosen = (negatives or {}).get(pair.product_id, ())
+        chosen = negatives.get(pair.product_id, []) if negatives is not None else None
         yield embedding_row(pair.query_text or "", [pair.query_image] if pair.query_image else [], product, chosen)
 
 

@@ -11,6 +11,10 @@ ranks' embeddings are negatives), ``queue_size`` (0: no temporal queue), ``queue
 keep), ``queue_negatives`` (True: enqueue the rows' hard negatives too), ``queue_start`` (optimizer
 steps before the queue is used).
 
+The queue is training memory: evaluation steps neither read nor fill it. Under swift's ``--mrl_dims`` the
+moon trainer calls the loss once with every Matryoshka dimension (:meth:`MoonInfoNCELoss.__call__`), so
+group ids, the learned temperature and one queue of full vectors serve every prefix.
+
 Queued embeddings come from the model being trained (no momentum encoder), so they are only
 useful once it drifts slowly: early in training, while embeddings move fast, stale negatives can
 collapse the representation (cross-batch memory, Wang et al. 2020, starts its memory after a
@@ -166,6 +170,7 @@ class MoonInfoNCELoss(BaseLoss):
         self.queue = NegativeQueue(self.options.queue_size, self.options.queue_max_age)
         self._unknown_serial = 0
         self._started = False
+        self._warned_dims = False
 
     # -- state across steps -------------------------------------------------------------------
     def _start(self, device: torch.device) -> None:
@@ -179,6 +184,10 @@ class MoonInfoNCELoss(BaseLoss):
             path = Path(resume) / QUEUE_FILE.format(rank=_rank())
             if path.is_file():
                 self.queue.load_state_dict(torch.load(path, map_location="cpu"), device=device)
+                # ids of rows without a group id continue past the queued ones: restarting at 0 would reuse them,
+                # and a new row would be masked against a queued stranger as if it were its own product
+                if self.queue.group_ids is not None and len(self.queue):
+                    self._unknown_serial = max(self._unknown_serial, -int(self.queue.group_ids.min()))
                 logger.info("moon_infonce: restored %d queued embeddings from %s", len(self.queue), path)
             else:
                 logger.warning("moon_infonce: %s has no %s; the negative queue starts empty", resume, path.name)
@@ -187,8 +196,25 @@ class MoonInfoNCELoss(BaseLoss):
         state = getattr(self.trainer, "state", None)
         return int(getattr(state, "global_step", 0) or 0)
 
+    def _training(self) -> bool:
+        model = getattr(self.trainer, "model", None)
+        return bool(getattr(model, "training", True))
+
     # -- the loss -----------------------------------------------------------------------------
-    def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, **kwargs) -> torch.Tensor:
+    def __call__(
+        self,
+        outputs,
+        labels,
+        *,
+        num_items_in_batch=None,
+        loss_scale=None,
+        mrl_dims: dict[int, float] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The loss of swift's embedding batch ``outputs["last_hidden_state"]`` (rows: anchor, positive,
+        negatives per sample). ``mrl_dims`` (``{dimension: weight}``, swift's ``--mrl_dims``): the weighted
+        sum of the loss of each Matryoshka prefix, L2-normalised as swift slices; group ids, the temperature
+        and the queue apply to every prefix (the queue keeps full vectors and is sliced the same way)."""
         embeddings = outputs["last_hidden_state"]
         if not self._started:
             self._start(embeddings.device)
@@ -224,22 +250,36 @@ class MoonInfoNCELoss(BaseLoss):
         anchor_rows = torch.cat([lay.anchors + off for lay, off, _ in layouts]).to(flat.device)
         product_rows = torch.cat([lay.products + off for lay, off, _ in layouts]).to(flat.device)
         positive_index = torch.cat([lay.positive_in_products + base for lay, _, base in layouts]).to(flat.device)
-        products, product_groups = flat[product_rows], flat_groups[product_rows]
+        product_groups = flat_groups[product_rows]
 
-        candidates, candidate_groups = products, product_groups
-        use_queue = self.options.queue_size and self._step() >= self.options.queue_start
+        # the queue is training memory: evaluation neither reads it (eval losses stay comparable) nor fills it
+        training = self._training()
+        use_queue = training and self.options.queue_size and self._step() >= self.options.queue_start
         queued = self.queue.candidates(self._step()) if use_queue else None
         if queued is not None:
             self.queue.check_dim(flat.shape[1])
-            candidates = torch.cat([products, queued[0].to(products.dtype)])
             candidate_groups = torch.cat([product_groups, queued[1]])
+        else:
+            candidate_groups = product_groups
         logit_scale = outputs.get("logit_scale") if hasattr(outputs, "get") else None
         temperature = 1.0 / logit_scale.exp().clamp(max=100) if logit_scale is not None else self.options.temperature
-        loss, stats = infonce_with_masks(flat[anchor_rows], candidates, candidate_groups, positive_index, temperature)
+
+        loss, stats = None, {}
+        for dim, weight, prefix in self._dimensions(flat.shape[1], mrl_dims):
+            vectors = flat if prefix is None else F.normalize(flat[:, :dim], p=2, dim=-1)
+            candidates = vectors[product_rows]
+            if queued is not None:
+                past = queued[0].to(vectors.dtype)
+                candidates = torch.cat([candidates, past if prefix is None else F.normalize(past[:, :dim], dim=-1)])
+            part, part_stats = infonce_with_masks(
+                vectors[anchor_rows], candidates, candidate_groups, positive_index, temperature
+            )
+            loss = weight * part if loss is None else loss + weight * part
+            stats = stats or part_stats  # the first (largest) dimension's statistics
         if spatial:
             loss = _ScaleGradient.apply(loss, float(world_size))
 
-        if self.options.queue_size:
+        if self.options.queue_size and training:
             keep = product_rows if self.options.queue_negatives else torch.cat(
                 [lay.positives + off for lay, off, _ in layouts]
             ).to(flat.device)  # fmt: skip
@@ -249,6 +289,21 @@ class MoonInfoNCELoss(BaseLoss):
             stats["temperature"] = float(temperature)
         self._log(stats)
         return loss
+
+    def _dimensions(self, full: int, mrl_dims: dict[int, float] | None) -> list[tuple[int, float, int | None]]:
+        """(dimension, weight, prefix length or None for the vector as the model returned it), largest first."""
+        if not mrl_dims:
+            return [(full, 1.0, None)]
+        kept = sorted(((int(d), float(w)) for d, w in mrl_dims.items() if int(d) <= full), reverse=True)
+        skipped = sorted(int(d) for d in mrl_dims if int(d) > full)
+        if skipped and not self._warned_dims:
+            logger.warning("moon_infonce: --mrl_dims %s exceed the embedding size %d and are skipped", skipped, full)
+            self._warned_dims = True
+        if not kept:
+            raise MoonInputError(
+                f"--mrl_dims {sorted(mrl_dims)}: every dimension exceeds the embedding size {full}", field="mrl_dims"
+            )
+        return [(dim, weight, dim) for dim, weight in kept]
 
     def save_queue(self, checkpoint: str | Path) -> Path | None:
         """Write this rank's negative queue into ``checkpoint`` (None when there is no queue)."""

@@ -45,6 +45,8 @@ class MoonConfig(Qwen2_5_VLConfig):
     """
 
     model_type = "moon"
+    # Trainer.evaluate gathers every other output as "logits": only the embedding is one
+    keys_to_ignore_at_inference = ["group_ids", "moe_aux_loss", "logit_scale", "hidden_states", "attentions"]
 
     base_model_type: str = "qwen2_5_vl"
     pooling: str = "mean"

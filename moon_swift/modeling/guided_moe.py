@@ -13,7 +13,11 @@ loop is over experts, never over tokens.
 The auxiliary losses are applied by :class:`AuxLossInjector` (as Megatron-LM's
 ``MoEAuxLossAutoScaler`` does): the layer's output carries the aux loss's gradient into the
 backward pass. This adds it exactly once whatever loss swift uses, and stays correct under
-reentrant gradient checkpointing, where the first forward runs without autograd.
+reentrant gradient checkpointing, where the first forward runs without autograd. Its gradient is
+scaled by ``aux_grad_scale``, which the trainer sets to the factor the main loss gets (gradient
+accumulation). With several data-parallel ranks the aux loss is that of the global batch, so that
+training with N processes computes what one process does on the same tokens (see
+:meth:`GuidedMoE._aux_loss`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..core.markup import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, TOKEN_OTHER
@@ -70,7 +75,8 @@ class GuidedMoE(nn.Module):
         # recomputation (gradient checkpointing) sees the same routing context.
         self.token_types: torch.Tensor | None = None
         self.valid_mask: torch.Tensor | None = None
-        # Gradient scale of the injected aux loss (1 / gradient accumulation steps in training).
+        # Gradient scale of the injected aux loss: the trainer sets it to the main loss's factor (1 / gradient
+        # accumulation steps with swift) before each forward.
         self.aux_grad_scale = 1.0
         # Detached statistics of the last forward, for logging.
         self.last_aux_loss: torch.Tensor | None = None
@@ -132,15 +138,45 @@ class GuidedMoE(nn.Module):
             start += count
         out.index_add_(0, routed_index[source], torch.cat(results).to(out.dtype))
 
-        load_assignments = top_experts[routed_valid].reshape(-1)
-        n_valid = int(routed_valid.sum())
-        load = torch.bincount(load_assignments, minlength=self.num_experts).float() / max(1, n_valid * self.top_k)
-        self.last_load = load.detach()
-        if n_valid == 0:
-            self.last_aux_loss = torch.zeros((), device=x.device)
+        return self._aux_loss(logits[routed_valid], probs[routed_valid], top_experts[routed_valid])
+
+    def _aux_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor | None:
+        """Weighted balance loss + z-loss of the valid routed tokens; sets ``last_aux_loss`` and ``last_load``.
+
+        Training data-parallel, both are those of the global batch, as one process computes them on all
+        ranks' tokens (balancing each rank's tokens alone is another loss: it is not linear in the tokens).
+        The detached expert counts, probability sums and token count are summed over ranks; each rank
+        differentiates its own tokens' sums over the global count, times the world size, because DDP and
+        DeepSpeed average gradients over ranks. Every rank runs this once per layer and forward, so the
+        all-reduces line up, also when gradient checkpointing recomputes the layer in backward.
+        """
+        experts = self.num_experts
+        counts = torch.bincount(top_experts.reshape(-1), minlength=experts).float()
+        prob_sum = probs.sum(dim=0)
+        z_sum = torch.logsumexp(logits, dim=-1).square().sum()
+        stats = torch.cat([counts, prob_sum.detach(), z_sum.detach()[None], counts.new_tensor([probs.shape[0]])])
+        world = _data_parallel_world_size() if torch.is_grad_enabled() and logits.requires_grad else 1
+        if world > 1:
+            stats = _all_reduce_sum(stats)
+        n_tokens = float(stats[-1])
+        self.last_load = stats[:experts] / max(1.0, n_tokens * self.top_k)
+        if n_tokens == 0:
+            self.last_aux_loss = torch.zeros((), device=logits.device)
             return None
-        balance = self.num_experts * (load * probs[routed_valid].mean(dim=0)).sum()
-        z_loss = torch.logsumexp(logits[routed_valid], dim=-1).square().mean()
-        aux = self.settings.aux_loss_coef * balance + self.settings.z_loss_coef * z_loss
-        self.last_aux_loss = aux.detach()
-        return aux
+
+        def weighted(prob_sums: torch.Tensor, z_sums: torch.Tensor) -> torch.Tensor:
+            balance = experts * (self.last_load * prob_sums).sum()
+            return (self.settings.aux_loss_coef * balance + self.settings.z_loss_coef * z_sums) / n_tokens
+
+        self.last_aux_loss = weighted(stats[experts : 2 * experts], stats[2 * experts])
+        return weighted(prob_sum, z_sum) * world
+
+
+def _data_parallel_world_size() -> int:
+    """Ranks that share the batch (torch.distributed's default group: moon trains data-parallel only)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(tensor)  # in place: ``tensor`` is a fresh concatenation
+    return tensor

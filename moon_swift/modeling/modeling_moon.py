@@ -23,7 +23,7 @@ _BACKBONES = {"qwen2_5_vl": Qwen2_5_VLModel, "qwen2_vl": Qwen2VLModel}
 class MoonEmbeddingOutput(ModelOutput):
     """Output of :class:`MoonModel`.
 
-    ``last_hidden_state`` holds the *pooled* embedding of shape ``(batch, hidden)``: that is the
+    ``last_hidden_state`` holds the *pooled* float32 embedding of shape ``(batch, hidden)``: that is the
     key ms-swift's embedding losses, trainer and inference engine read, so the name follows swift.
     Per-token states are in ``hidden_states`` (the last entry is what was pooled) when
     ``output_hidden_states=True``. ``moe_aux_loss`` (MoE models) is the weighted auxiliary loss,
@@ -41,13 +41,55 @@ class MoonEmbeddingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+#: positions pooled per step: float32 working copies are (batch, POOL_CHUNK, hidden), never (batch, length, hidden)
+POOL_CHUNK = 256
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``sum_l weights[b, l] * states[b, l]`` in float32, a chunk of positions at a time, both ways.
+
+    Autograd through slices would give every chunk a full-size zero gradient; here backward writes each
+    chunk of the one gradient the states need, in their own dtype (the memory floor).
+    """
+
+    @staticmethod
+    def forward(ctx, states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(states.dtype, torch.float32)  # float64 stays (gradcheck)
+        weights = weights.to(dtype)
+        ctx.save_for_backward(weights)
+        ctx.states_dtype = states.dtype
+        summed = states.new_zeros((states.shape[0], states.shape[2]), dtype=dtype)
+        for start in range(0, states.shape[1], POOL_CHUNK):
+            part = slice(start, start + POOL_CHUNK)
+            summed += torch.bmm(weights[:, None, part], states[:, part].to(dtype))[:, 0]
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weights,) = ctx.saved_tensors
+        batch, length = weights.shape
+        grad_states = grad.new_empty((batch, length, grad.shape[1]), dtype=ctx.states_dtype)
+        for start in range(0, length, POOL_CHUNK):
+            part = slice(start, start + POOL_CHUNK)
+            grad_states[:, part] = weights[:, part, None] * grad[:, None, :]
+        return grad_states, None
+
+
 def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``hidden_states`` over the positions where ``attention_mask`` is 1 (in float32)."""
-    if attention_mask is None:
-        return hidden_states.float().mean(dim=1)
-    mask = attention_mask.to(hidden_states.device, torch.float32).unsqueeze(-1)
-    summed = (hidden_states.float() * mask).sum(dim=1)
-    return summed / mask.sum(dim=1).clamp(min=1.0)
+    """Float32 mean of ``hidden_states`` over the positions where ``attention_mask`` is 1.
+
+    A masked matmul accumulated in float32 over chunks of positions: a bf16 model's states are never
+    copied to float32 whole (at 96 rows x 2k tokens x 2048 that copy alone is 1.6 GB), and the sum is not
+    rounded back to bf16 (``benchmarks/pooling_memory.py``).
+    """
+    batch, length, _ = hidden_states.shape
+    weights = (
+        torch.ones(batch, length, device=hidden_states.device)
+        if attention_mask is None
+        else attention_mask.to(hidden_states.device, torch.float32)
+    )
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return _WeightedSum.apply(hidden_states, weights)
 
 
 def last_token_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -60,6 +102,27 @@ def last_token_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | 
 
 
 _POOLERS = {"mean": mean_pool, "last": last_token_pool}
+
+
+class LearnedTemperature(nn.Module):
+    """CLIP's learned inverse temperature, kept as its log (``logit_scale``).
+
+    A module of its own, not a bare parameter, so that peft can train it under LoRA (``modules_to_save``
+    holds modules); ``forward`` returns it, so it is read through peft's wrapper like any module.
+    """
+
+    def __init__(self, init_temperature: float):
+        super().__init__()
+        self.init_temperature = init_temperature
+        # shape (1,), not a scalar: DeepSpeed's broadcast of the initial weights cannot view 0-d tensors
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / init_temperature)))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.logit_scale.fill_(math.log(1.0 / self.init_temperature))
+
+    def forward(self) -> torch.Tensor:
+        return self.logit_scale[0]
 
 
 class MoonModel(Qwen2_5_VLPreTrainedModel):
@@ -96,14 +159,13 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
             expert_cls = type(layers[index].mlp)
             layers[index].mlp = GuidedMoE(config.text_config, settings, expert_cls, layer_index=index)
         if config.learnable_temperature:
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+            self.temperature = LearnedTemperature(config.init_temperature)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if module is self and self.config.learnable_temperature:
-            with torch.no_grad():
-                self.logit_scale.fill_(math.log(1.0 / self.config.init_temperature))
+        if isinstance(module, LearnedTemperature):
+            module.reset_parameters()
 
     def moe_layers(self) -> dict[int, GuidedMoE]:
         """Decoder layer index -> its GuidedMoE (empty for the dense model)."""
@@ -125,11 +187,15 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
         self.model.set_input_embeddings(value)
 
     def pool(self, token_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Pool per-token states into one embedding per row, as configured (mean by default)."""
+        """Pool per-token states into one float32 embedding per row, as configured (mean by default).
+
+        Float32 whatever the model's dtype: rounding a unit vector back to bf16 costs ~4e-3 of cosine, 0.08
+        of logit at temperature 0.05, and the same rounded vectors would reach faiss and ``swift deploy``.
+        """
         pooled = _POOLERS[self.config.pooling](token_hidden_states, attention_mask)
         if self.config.normalize:
             pooled = F.normalize(pooled, p=2, dim=-1)
-        return pooled.to(token_hidden_states.dtype)
+        return pooled
 
     def forward(
         self,
@@ -174,7 +240,7 @@ class MoonModel(Qwen2_5_VLPreTrainedModel):
         return MoonEmbeddingOutput(
             last_hidden_state=self.pool(outputs.last_hidden_state, mask),
             moe_aux_loss=torch.stack(aux).sum() if aux else None,
-            logit_scale=self.logit_scale if self.config.learnable_temperature else None,
+            logit_scale=self.temperature() if self.config.learnable_temperature else None,
             group_ids=group_ids,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

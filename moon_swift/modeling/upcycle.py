@@ -12,6 +12,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from ..core.errors import MoonInputError
 from ..core.settings import EmbeddingSettings
+from .chat_format import moon_chat_template
 from .configuration_moon import SUPPORTED_BASE_MODEL_TYPES, MoonConfig
 from .modeling_moon import MoonModel
 from .processing_moon import MoonProcessor
@@ -68,13 +69,18 @@ def upcycle(
         moon = MoonModel(config)
     state = upcycled_state_dict(moon, base.model.state_dict(), noise=noise, seed=seed)
     moon.model.load_state_dict(state, strict=True, assign=True)
+    if config.learnable_temperature:  # built on the meta device like the rest: give it its initial value
+        moon.temperature.logit_scale = torch.nn.Parameter(torch.empty(1, dtype=torch.float32))
+        moon.temperature.reset_parameters()
     moon.to(base.dtype).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     moon.save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.chat_template = moon_chat_template()  # not the base's: Qwen's default system turn is not MOON's format
     processor = MoonProcessor(
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(base_dir),
-        tokenizer=AutoTokenizer.from_pretrained(base_dir),
-        chat_template=_chat_template(base_dir),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
     )
     processor.save_pretrained(out_dir)
     EmbeddingSettings().save(out_dir)  # original images, MOON's chat format: training records its own
@@ -102,12 +108,3 @@ def upcycled_state_dict(
                 copy += torch.randn(weight.shape, generator=generator).to(weight) * (noise * weight.float().std())
             state[prefix + name] = copy
     return state
-
-
-def _chat_template(base_dir: Path) -> str | None:
-    for name in ("chat_template.jinja", "chat_template.json"):
-        path = base_dir / name
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            return json.loads(text)["chat_template"] if name.endswith(".json") else text
-    return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -16,34 +15,13 @@ from swift.template.utils import Context
 
 from ..core.errors import MoonInputError
 from ..core.images import fit_image, read_image
-from ..core.markup import (
-    ATTRIBUTE_TAGS,
-    CATEGORY_TAGS,
-    GROUP_ID_TAGS,
-    TOKEN_ATTRIBUTE,
-    TOKEN_CATEGORY,
-    TOKEN_OTHER,
-    UNKNOWN_GROUP,
-    group_id_hash,
-)
+from ..core.markup import UNKNOWN_GROUP, MarkerIds, group_id_hash, take_group_ids, to_markers
 from ..core.settings import EmbeddingSettings, settings_of
 from .views import ImageViews, expand_image_tags
 
 logger = logging.getLogger(__name__)
 
 MOON_TEMPLATE_TYPE = "moon"
-
-# Inside the template each tag becomes a Qwen special token, so that a span always starts and
-# ends on a token boundary; the marker tokens are removed again after tokenization.
-_TAG_TO_MARKER = {
-    CATEGORY_TAGS[0]: "<|quad_start|>",
-    CATEGORY_TAGS[1]: "<|quad_end|>",
-    ATTRIBUTE_TAGS[0]: "<|box_start|>",
-    ATTRIBUTE_TAGS[1]: "<|box_end|>",
-}
-_SPAN = re.compile(r"<(category|attributes)>(.*?)</\1>", re.S)
-_ANY_TAG = re.compile(r"</?(?:category|attributes)>")
-_GROUP_ID = re.compile(re.escape(GROUP_ID_TAGS[0]) + r"(.*?)" + re.escape(GROUP_ID_TAGS[1]) + r"\n?", re.S)
 
 
 class MoonTemplate(Qwen2_5VLTemplate):
@@ -82,6 +60,8 @@ class MoonTemplate(Qwen2_5VLTemplate):
     def embedding_settings(self) -> EmbeddingSettings:
         saved, source = settings_of(self._checkpoint_dirs())
         settings = self.resolve_settings(saved, source)
+        if not self.is_training and self.template_meta.default_system is None and settings.system is not None:
+            self.template_meta.default_system = settings.system  # the checkpoint was trained with --system
         if settings.system != self.template_meta.default_system and not self.is_training:
             raise MoonInputError(
                 f"chat format: the checkpoint embeds with system turn {settings.system!r}, this template has "
@@ -128,18 +108,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
         group_id = take_group_id(inputs)
         mark_product_fields(inputs)
         encoded = super()._encode(inputs)
-        opens, closes = self._marker_ids
-        keep, types, current = [], [], TOKEN_OTHER
-        for token in encoded["input_ids"]:
-            if token in opens:
-                current = opens[token]
-            elif token in closes:
-                current = TOKEN_OTHER
-            else:
-                types.append(current)
-                keep.append(True)
-                continue
-            keep.append(False)
+        keep, types = self._marker_ids.split(encoded["input_ids"])
         if not all(keep):
             _drop_positions(encoded, keep)
         encoded["token_type_ids"] = types
@@ -147,15 +116,8 @@ class MoonTemplate(Qwen2_5VLTemplate):
         return encoded
 
     @cached_property
-    def _marker_ids(self) -> tuple[dict[int, int], set[int]]:
-        """(opening marker id -> token type, closing marker ids), looked up once per template."""
-        ids = self.processor.tokenizer.convert_tokens_to_ids
-        opens = {
-            ids(_TAG_TO_MARKER[CATEGORY_TAGS[0]]): TOKEN_CATEGORY,
-            ids(_TAG_TO_MARKER[ATTRIBUTE_TAGS[0]]): TOKEN_ATTRIBUTE,
-        }
-        closes = {ids(_TAG_TO_MARKER[tags[1]]) for tags in (CATEGORY_TAGS, ATTRIBUTE_TAGS)}
-        return opens, closes
+    def _marker_ids(self) -> MarkerIds:
+        return MarkerIds.of(self.processor.tokenizer)
 
     def _data_collator(self, batch: list[dict[str, Any]], *, padding_to: int | None = None) -> dict[str, Any]:
         groups = [row.pop("group_id", UNKNOWN_GROUP) for row in batch]
@@ -165,12 +127,29 @@ class MoonTemplate(Qwen2_5VLTemplate):
         return collated
 
     def _truncate(self, input_ids, labels, encoded, truncation_strategy):
-        original = list(input_ids)
+        types = encoded.get("token_type_ids")
+        if types is None:
+            return super()._truncate(input_ids, labels, encoded, truncation_strategy)
+        kept = self._kept_positions(input_ids, truncation_strategy)
         input_ids, labels = super()._truncate(input_ids, labels, encoded, truncation_strategy)
-        if encoded.get("token_type_ids") is not None:
-            kept = _kept_positions(original, input_ids, from_end=truncation_strategy == "left")
-            encoded["token_type_ids"] = [t for t, k in zip(encoded["token_type_ids"], kept, strict=True) if k]
+        if len(kept) != len(input_ids):
+            raise RuntimeError(
+                f"swift's truncation kept {len(input_ids)} tokens but its position mask {len(kept)}: the moon template "
+                "needs updating for this swift version"
+            )
+        encoded["token_type_ids"] = [types[position] for position in kept]
         return input_ids, labels
+
+    def _kept_positions(self, input_ids: list[int], truncation_strategy: str) -> list[int]:
+        """The positions swift's own truncation keeps: its per-token mask applied to the position numbers.
+
+        swift cuts every per-token tensor of ``encoded`` by one mask (image placeholders protected, text cut
+        from the chosen side); a probe holding positions goes through the same code, so token types follow
+        exactly, repeated tokens or not.
+        """
+        probe = {"image_token_types": torch.arange(len(input_ids))}
+        super()._truncate(list(input_ids), None, probe, truncation_strategy)
+        return probe["image_token_types"].tolist()
 
     def _post_encode(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
         # swift's training path keeps only a fixed list of keys next to inputs_embeds
@@ -223,10 +202,10 @@ def take_group_id(inputs: StdTemplateInputs) -> str | None:
     found = []
     for message in inputs.messages or []:
         content = message.get("content")
-        if isinstance(content, str) and GROUP_ID_TAGS[0] in content:
-            found += _GROUP_ID.findall(content)
-            message["content"] = _GROUP_ID.sub("", content)
-    ids = {value.strip() for value in found}
+        if isinstance(content, str):
+            message["content"], ids = take_group_ids(content)
+            found += ids
+    ids = set(found)
     if len(ids) > 1:
         raise MoonInputError(f"one row names several group ids {sorted(ids)}", field="messages")
     return ids.pop() if ids else None
@@ -234,28 +213,10 @@ def take_group_id(inputs: StdTemplateInputs) -> str | None:
 
 def mark_product_fields(inputs: StdTemplateInputs) -> None:
     """Check the field markup of every message and turn its tags into marker tokens (in place)."""
-    markers = set(_TAG_TO_MARKER.values())
     for index, message in enumerate(inputs.messages or []):
         content = message.get("content")
-        if not isinstance(content, str):
-            continue
-        if any(marker in content for marker in markers):
-            raise MoonInputError(
-                f"message text contains a reserved token {sorted(m for m in markers if m in content)}; moon uses "
-                "them to mark <category>/<attributes> spans",
-                field=f"messages[{index}]",
-            )
-        nested = [tag for span in _SPAN.finditer(content) for tag in _ANY_TAG.findall(span.group(2))]
-        leftover = nested + _ANY_TAG.findall(_SPAN.sub("", content))
-        if leftover:
-            raise MoonInputError(
-                f"unbalanced or nested field markup {leftover}: use <category>...</category> and "
-                "<attributes>...</attributes>, each closed before the next opens",
-                field=f"messages[{index}]",
-            )
-        for tag, marker in _TAG_TO_MARKER.items():
-            content = content.replace(tag, marker)
-        message["content"] = content
+        if isinstance(content, str):
+            message["content"] = to_markers(content, field=f"messages[{index}]")
 
 
 def _drop_positions(encoded: dict[str, Any], keep: list[bool]) -> None:
@@ -269,28 +230,13 @@ def _drop_positions(encoded: dict[str, Any], keep: list[bool]) -> None:
             encoded[key] = encoded[key][..., mask]
 
 
-def _kept_positions(original: list[int], kept: list[int], *, from_end: bool) -> list[bool]:
-    """Which positions of ``original`` survived truncation into ``kept`` (an order-preserving subset).
-
-    Left truncation keeps a suffix of the text plus every image token, so it is matched from the
-    end; right truncation from the start.
-    """
-    order = range(len(original) - 1, -1, -1) if from_end else range(len(original))
-    targets = list(reversed(kept)) if from_end else list(kept)
-    result, j = [False] * len(original), 0
-    for i in order:
-        if j < len(targets) and original[i] == targets[j]:
-            result[i], j = True, j + 1
-    return result
-
-
 def _group_id_of(inputs: StdTemplateInputs) -> str | None:
     for message in inputs.messages or []:
         content = message.get("content")
         if isinstance(content, str):
-            found = _GROUP_ID.findall(content)
+            _, found = take_group_ids(content)
             if found:
-                return found[0].strip()
+                return found[0]
     return None
 
 

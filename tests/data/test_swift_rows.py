@@ -80,3 +80,13 @@ def test_behaviour_rows_point_queries_at_the_full_product():
     assert image_row["messages"][0]["content"] == "<image>" and image_row["images"] == ["/photo.jpg"]
     assert "Blue Tee" in text_row["positive_messages"][0][0]["content"]
     assert text_row["negative_images"] == [["/r.jpg"]]
+
+
+def test_with_hard_negatives_a_product_without_any_still_has_the_negative_columns():
+    from moon_swift.data.swift_rows import catalog_rows
+
+    records = _records(3)
+    rows = list(catalog_rows(records, ("title",), negatives=[[records[1]], [], [records[0]]]))
+    assert [len(row["negative_messages"]) for row in rows] == [1, 0, 1]  # swift reads a missing column as None
+    assert rows[1]["negative_images"] == []
+    assert "negative_messages" not in next(catalog_rows(records, ("title",)))  # no hard negatives asked for

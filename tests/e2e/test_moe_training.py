@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,19 @@ def test_two_processes_with_guided_moe(zero, moon_models, train_jsonl, tmp_path)
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
-def test_lora_on_attention_and_expert_weights(moon_models, train_jsonl, tmp_path):
-    sft(moon_models["guided_moe"], train_jsonl, tmp_path / "out", "--tuner_type", "lora", "--target_modules",
-        "q_proj", "v_proj", "gate_proj", "up_proj", "down_proj", "--learning_rate", "5e-3")  # fmt: skip
-    adapter = load_file(tmp_path / "out" / "checkpoint-3" / "adapter_model.safetensors")
+def test_lora_on_attention_and_experts_trains_routers_and_the_learned_temperature_in_full(
+    moon_models, train_jsonl, tmp_path
+):
+    model = tmp_path / "moon-learned-temperature"
+    upcycle(moon_models["guided_moe"].parent / "base", model, noise=0.01, **ABLATIONS["guided_moe"],
+            learnable_temperature=True, init_temperature=0.07)  # fmt: skip
+    assert load_file(model / "model.safetensors")["temperature.logit_scale"].item() == pytest.approx(math.log(1 / 0.07))
+    # the 3B recipe's LoRA targets: no router, no temperature among them
+    _, logs = sft(model, train_jsonl, tmp_path / "out", "--tuner_type", "lora", "--target_modules", "q_proj",
+                  "v_proj", "gate_proj", "up_proj", "down_proj", "--learning_rate", "5e-3", "--loss_type",
+                  "moon_infonce")  # fmt: skip
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
     names = list(adapter)
     assert any(".mlp.experts.3.gate_proj.lora_A" in n for n in names)
     assert any(".mlp.category_expert.down_proj.lora_B" in n for n in names)
@@ -98,9 +108,32 @@ def test_lora_on_attention_and_expert_weights(moon_models, train_jsonl, tmp_path
     trained_b = [v for n, v in adapter.items() if ".mlp.experts." in n and "lora_B" in n]
     assert any(v.abs().sum() > 0 for v in trained_b), "expert LoRA weights did not train"
 
+    before = router_weights(model)
+    saved_routers = {n: v for n, v in adapter.items() if n.endswith(".mlp.router.weight")}  # peft's saved names
+    assert len(saved_routers) == len(before) == 2, names
+    for name, value in saved_routers.items():
+        layer = name.split(".layers.")[1].split(".")[0]
+        assert not torch.equal(value, before[f"model.language_model.layers.{layer}.mlp.router.weight"]), name
+    temperature = [v for n, v in adapter.items() if n.endswith("temperature.logit_scale")]
+    assert len(temperature) == 1 and temperature[0].item() != pytest.approx(math.log(1 / 0.07), abs=1e-6)
+    assert logs[-1]["moon_infonce/temperature"] != pytest.approx(0.07, abs=1e-7)
+
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    import moon_swift.modeling  # noqa: F401
+
+    loaded = PeftModel.from_pretrained(AutoModel.from_pretrained(model), str(checkpoint))
+    restored = {n.replace(".modules_to_save.default", ""): p.detach() for n, p in loaded.named_parameters()
+                if ".modules_to_save.default." in n}  # fmt: skip
+    assert restored.keys() == {*saved_routers, "base_model.model.temperature.logit_scale"}
+    for name, value in saved_routers.items():
+        assert torch.equal(restored[name], value)
+    assert torch.equal(restored["base_model.model.temperature.logit_scale"], temperature[0])
+
     from moon_swift.eval.encode import ProductEncoder
 
     queries = ["Blue Skirts", "black running shoes"]
-    base = ProductEncoder(str(moon_models["guided_moe"])).encode_queries(queries, progress=False)
-    tuned = ProductEncoder(str(moon_models["guided_moe"]), adapters=[str(tmp_path / "out" / "checkpoint-3")])
+    base = ProductEncoder(str(model)).encode_queries(queries, progress=False)
+    tuned = ProductEncoder(str(model), adapters=[str(checkpoint)])
     assert abs(tuned.encode_queries(queries, progress=False) - base).max() > 1e-5

@@ -70,3 +70,21 @@ def test_two_processes_use_each_others_embeddings(tiny_moon_dir, data_with_negat
     # 2 ranks x 6 products = 12 per step -> 11 in-batch/spatial negatives, then +12 queued per step
     assert candidates_per_anchor(logs, anchors=4) == [11.0, 23.0, 35.0, 47.0]
     assert (tmp_path / "out" / "checkpoint-4" / "moon_infonce_queue_rank1.pt").is_file()
+
+
+def test_evaluation_steps_leave_the_training_queue_alone(tiny_moon_dir, data_with_negatives, tmp_path):
+    _, logs = sft(tiny_moon_dir, data_with_negatives, tmp_path / "out", "--split_dataset_ratio", "0.2",
+                  "--eval_strategy", "steps", "--eval_steps", "2")  # fmt: skip
+    entries = [json.loads(line) for line in (tmp_path / "out" / "logging.jsonl").read_text().splitlines()]
+    assert [e["global_step/max_steps"] for e in entries if "eval_loss" in e] == ["2/4", "4/4"]
+    assert candidates_per_anchor(logs, anchors=2) == [5.0, 11.0, 17.0, 23.0]  # no validation rows queued
+    state = torch.load(tmp_path / "out" / "checkpoint-4" / "moon_infonce_queue_rank0.pt")
+    assert state["filled"] == 6 * 4
+
+
+def test_matryoshka_dimensions_train_with_group_ids_and_the_queue(tiny_moon_dir, data_with_negatives, tmp_path):
+    _, logs = sft(tiny_moon_dir, data_with_negatives, tmp_path / "out", "--mrl_dims", '{"64": 1.0, "16": 0.5}')
+    assert candidates_per_anchor(logs, anchors=2) == [5.0, 11.0, 17.0, 23.0]  # as without --mrl_dims
+    state = torch.load(tmp_path / "out" / "checkpoint-4" / "moon_infonce_queue_rank0.pt")
+    assert state["filled"] == 6 * 4 and state["embeddings"].shape[1] == 64  # one queue of full vectors
+    assert (state["group_ids"] >= 0).all()  # product ids reached the loss (rows without ids get negative ones)

@@ -225,3 +225,57 @@ def test_a_learned_temperature_is_used_and_trained(monkeypatch):
     assert loss.item() == pytest.approx(reference(embeddings, labels, groups, temperature=0.2), rel=1e-9)
     loss.backward()
     assert logit_scale.grad is not None and logit_scale.grad != 0
+
+
+def test_evaluation_neither_reads_nor_fills_the_queue(monkeypatch):
+    loss_fn = make_loss(monkeypatch, queue_size=8)
+    first, labels = batch([1, 1], seed=1)
+    loss_fn({"last_hidden_state": first, "group_ids": torch.arange(10, 16)}, labels)
+    assert len(loss_fn.queue) == 4
+    loss_fn.trainer.model.training = False
+    held_out, labels = batch([1, 1], seed=2)
+    ids = torch.arange(20, 26)
+    loss = loss_fn({"last_hidden_state": held_out, "group_ids": ids}, labels)
+    assert len(loss_fn.queue) == 4  # validation embeddings stay out of the training queue
+    assert loss.item() == pytest.approx(reference(held_out, labels, ids.tolist()), rel=1e-6)  # in-batch only
+    assert loss_fn.trainer.custom_metrics["eval"]["moon_infonce/negatives_per_anchor"].values == [3.0]
+
+
+def test_matryoshka_dimensions_keep_ids_temperature_and_the_queue(monkeypatch):
+    loss_fn = make_loss(monkeypatch, queue_size=8)
+    first, labels = batch([1, 1], dim=8, seed=1)
+    ids_first = torch.arange(100, 106)
+    loss_fn({"last_hidden_state": first, "group_ids": ids_first}, labels, mrl_dims={8: 1.0, 4: 0.5})
+    assert loss_fn.queue.candidates(0)[0].shape[1] == 8  # full vectors queued once, not once per dimension
+
+    second, labels = batch([1, 1], dim=8, seed=2)
+    ids = torch.arange(200, 206)
+    ids[1] = ids_first[1]  # a queued copy of this positive's product must be masked at every dimension
+    loss = loss_fn({"last_hidden_state": second, "group_ids": ids}, labels, mrl_dims={8: 1.0, 4: 0.5, 99: 1.0})
+    queued_rows = [1, 2, 4, 5]
+    expected = 0.0
+    for dim, weight in ((8, 1.0), (4, 0.5)):
+        sliced = F.normalize(second[:, :dim], dim=-1)
+        past = (F.normalize(first[queued_rows, :dim], dim=-1), [int(ids_first[r]) for r in queued_rows])
+        expected += weight * reference(sliced, labels, ids.tolist(), queue=past)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert len(loss_fn.queue) == 8
+
+
+def test_a_resumed_queue_never_mistakes_new_rows_without_ids_for_queued_ones(monkeypatch, tmp_path):
+    def run(loss_fn, steps):
+        losses = []
+        for step in steps:
+            loss_fn.trainer.state.global_step = step
+            embeddings, labels = batch([1, 1], seed=10 + step)
+            losses.append(loss_fn({"last_hidden_state": embeddings}, labels).item())  # no group ids
+        return losses
+
+    uninterrupted = run(make_loss(monkeypatch, queue_size=16), range(4))
+    first = make_loss(monkeypatch, queue_size=16)
+    run(first, range(2))
+    first.save_queue(tmp_path)
+    resumed = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=str(tmp_path)), TrainerDouble(),
+                              MoonInfoNCEOptions(queue_size=16))  # fmt: skip
+    assert run(resumed, range(2, 4)) == pytest.approx(uninterrupted[2:], rel=1e-12)
+    assert resumed.trainer.custom_metrics["train"]["moon_infonce/false_negatives_masked"].values == [0.0, 0.0]

@@ -69,3 +69,57 @@ def test_token_types_of_the_wrong_shape_are_a_clear_error():
                                  moe_layers="all"))  # fmt: skip
     with pytest.raises(MoonInputError, match=r"token_type_ids has shape \(1, 3\) but the inputs have shape \(1, 4\)"):
         model(input_ids=torch.tensor([[1, 2, 3, 4]]), token_type_ids=torch.tensor([[0, 1, 0]]))
+
+
+def test_a_bf16_model_returns_float32_unit_vectors_as_accurate_as_float64_pooling(tiny_moon_dir, catalog_images):
+    model = AutoModel.from_pretrained(tiny_moon_dir, dtype=torch.bfloat16).eval()
+    inputs = _inputs(tiny_moon_dir, catalog_images[0])
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    hidden, mask = out.hidden_states[-1], inputs["attention_mask"]
+    assert hidden.dtype == torch.bfloat16
+    assert out.last_hidden_state.dtype == torch.float32
+    reference = torch.nn.functional.normalize(
+        (hidden.double() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1
+    )  # fmt: skip
+    # bf16 rounding of a unit vector would be ~4e-3 off; float32 accumulation is ~1e-7 off
+    assert (out.last_hidden_state.double() - reference).abs().max() < 1e-5
+
+
+def test_mean_pool_over_several_chunks_equals_the_plain_masked_mean(monkeypatch):
+    import moon_swift.modeling.modeling_moon as modeling
+
+    monkeypatch.setattr(modeling, "POOL_CHUNK", 3)
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 10, 4, generator=generator, dtype=torch.float64).to(torch.bfloat16)
+    mask = torch.tensor([[1] * 10, [1] * 7 + [0] * 3])
+    expected = (hidden.double() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    pooled = modeling.mean_pool(hidden.requires_grad_(), mask)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled.double(), expected, atol=1e-6, rtol=0)
+    pooled.sum().backward()  # the gradient reaches the bf16 states, zero on padding
+    assert hidden.grad.dtype == torch.bfloat16 and hidden.grad[1, 7:].abs().max() == 0
+
+
+def test_mean_pool_gradient_is_the_analytic_one(monkeypatch):
+    import moon_swift.modeling.modeling_moon as modeling
+
+    monkeypatch.setattr(modeling, "POOL_CHUNK", 2)
+    hidden = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.autograd.gradcheck(lambda states: modeling.mean_pool(states, mask).double(), (hidden,))
+
+
+def test_a_learned_temperature_starts_at_its_value_and_survives_save_and_load(tmp_path):
+    import math
+
+    from moon_swift.apps.tiny_model import TinySpec, make_tiny
+
+    spec = TinySpec(extra_config={"learnable_temperature": True, "init_temperature": 0.07})
+    make_tiny(tmp_path / "a", seed=0, spec=spec)
+    model = AutoModel.from_pretrained(tmp_path / "a")
+    assert model.temperature().item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
+    with torch.no_grad():
+        model.temperature.logit_scale.fill_(2.5)  # as if trained
+    model.save_pretrained(tmp_path / "b")
+    assert AutoModel.from_pretrained(tmp_path / "b").temperature().item() == pytest.approx(2.5)

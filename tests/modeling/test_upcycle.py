@@ -41,6 +41,7 @@ def test_upcycled_model_embeds_exactly_like_the_dense_base(base_model_type, abla
     text = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Navy Blue Jeans<|im_end|>\n"
     inputs = processor(text=[text, "<|im_start|>user\njeans<|im_end|>\n"], images=[image], return_tensors="pt",
                        padding=True)  # fmt: skip
+    assert not inputs.pop("token_type_ids").any()  # no markup in the text: every token routed
     token_types = torch.zeros_like(inputs["input_ids"])
     token_types[0, -5:-3], token_types[1, 2] = 1, 2  # some category and attribute tokens
     with torch.no_grad():

@@ -204,3 +204,28 @@ def test_each_image_of_a_row_is_decoded_once(tiny_moon_dir, catalog_images, monk
     row["positive_messages"][0][0]["content"] = "<group_id>P1</group_id><image><image>Blue Tee"
     template.encode(row)
     assert sorted(calls) == sorted(str(p) for p in catalog_images[:3])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_token_types_follow_truncation_exactly_with_images_and_repeated_words(tiny_moon_dir, catalog_images, side):
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    _, processor = get_model_processor(str(tiny_moon_dir), model_type="moon", task_type="embedding", load_model=False)
+    row = {"messages": [{"role": "user", "content": "<image>red red <category>red red</category> red "
+                                                     "<attributes>red: red</attributes> red red<image>"}],
+           "images": [str(catalog_images[0]), str(catalog_images[1])]}  # fmt: skip
+    full = get_template(processor, template_type="moon").encode(row)
+    image_tokens = full["input_ids"].count(151655)
+    text_types = [t for t, token in zip(full["token_type_ids"], full["input_ids"], strict=True) if token != 151655]
+    typed = [i for i, t in enumerate(text_types) if t != 0]
+    # the cut falls inside a span of repeated words: 2 tokens into the category span / before the attributes' end
+    text_kept = len(text_types) - typed[0] - 2 if side == "left" else typed[-1] - 2
+    cut = get_template(processor, template_type="moon", max_length=image_tokens + text_kept,
+                       truncation_strategy=side).encode(row)  # fmt: skip
+    text_positions = [i for i, token in enumerate(full["input_ids"]) if token != 151655]
+    kept_text = text_positions[-text_kept:] if side == "left" else text_positions[:text_kept]
+    kept = sorted(kept_text + [i for i, token in enumerate(full["input_ids"]) if token == 151655])
+    assert cut["input_ids"] == [full["input_ids"][i] for i in kept]
+    assert cut["token_type_ids"] == [full["token_type_ids"][i] for i in kept]
+    assert len(set(cut["token_type_ids"])) > 1  # the kept text holds typed and untyped "red"s

@@ -109,3 +109,41 @@ def test_detection_while_encoding_crops_with_the_bundled_detector():
     original, crop = detecting.views_of(read_image(str(photo)), field="images[0]")
     assert original.size == Image.open(photo).size and crop.width <= original.width and crop.height <= original.height
     assert crop.size != original.size  # a real box, not the full-image fallback
+
+
+def test_a_url_image_is_downloaded_once_and_its_crop_found_in_the_store(tiny_moon_dir, catalog_images, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from moon_swift.eval.encode import ProductEncoder
+
+    (tmp_path / "web").mkdir()
+    shutil.copy(catalog_images[0], tmp_path / "web" / "photo.jpg")
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Handler, directory=str(tmp_path / "web"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = tmp_path / "boxes.jsonl"
+    write_store(store, catalog_images[0], [20.0, 40.0, 120.0, 200.0])
+    model = tmp_path / "model"
+    shutil.copytree(tiny_moon_dir, model)
+    EmbeddingSettings(image_views="both", boxes=str(store), missing_boxes="error").save(model)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
+        encoded = ProductEncoder(str(model)).template.encode(
+            {"messages": [{"role": "user", "content": "<image>a tee"}], "images": [url]}
+        )
+    finally:
+        server.shutdown()
+    assert requests == ["/photo.jpg"]  # hashed for the store and decoded from one download
+    assert encoded["image_grid_thw"].shape[0] == 2  # original + the stored crop (missing would have raised)

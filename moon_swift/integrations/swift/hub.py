@@ -148,6 +148,8 @@ from modelscope import snapshot_download
 from transformers import AutoModel, AutoProcessor
 path = snapshot_download("{repo_id}")
 model, processor = AutoModel.from_pretrained(path), AutoProcessor.from_pretrained(path)
+# the checkpoint's chat template is the one training used; product text may keep the training rows'
+# <category>/<attributes> markup: the processor turns it into the guided-MoE token types
 prompt = processor.apply_chat_template([{{"role": "user", "content": "Blue Skirts"}}], add_generation_prompt=True)
 embedding = model(**processor(text=[prompt], return_tensors="pt")).last_hidden_state  # (1, hidden), unit norm
 ```

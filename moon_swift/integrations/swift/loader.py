@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
 import json
+import logging
 import os
+from collections.abc import Iterator
 
 from swift.model import ModelLoader
 from swift.model.models.qwen import Qwen2_5VLLoader
@@ -28,8 +32,12 @@ class MoonLoader(Qwen2_5VLLoader):
     """Loads a MOON checkpoint as :class:`~moon_swift.modeling.MoonModel` through ``AutoModel``.
 
     Loading through ``AutoModel`` is what keeps swift from adding its last-token pooling hook:
-    ``MoonModel.forward`` already returns the mean-pooled, L2-normalised embedding.
+    ``MoonModel.forward`` already returns the mean-pooled, L2-normalised embedding. moon is registered
+    with transformers natively, so nothing a checkpoint folder ships (``configuration_*.py``,
+    ``modeling_*.py``) is ever run: swift's loaders default to ``trust_remote_code=True``.
     """
+
+    default_trust_remote_code = False
 
     def get_config(self, model_dir: str) -> PretrainedConfig:
         import moon_swift.modeling  # noqa: F401  (registers MoonConfig with AutoConfig)
@@ -98,3 +106,65 @@ def _destroy_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_REMOTE_CODE_WARNING = "with trust_remote_code=True"
+
+
+def _is_moon_dir(model_dir: str) -> bool:
+    try:
+        return read_model_type(model_dir) == MOON_MODEL_TYPE
+    except (OSError, ValueError):  # not ours to judge: swift reports it
+        return False
+
+
+class _NativeAutoConfig:
+    """``AutoConfig`` as swift's model-info step calls it, with remote code refused."""
+
+    @staticmethod
+    def from_pretrained(model_dir: str, **kwargs):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_dir, **{**kwargs, "trust_remote_code": False})
+
+
+class _DropRemoteCodeWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _REMOTE_CODE_WARNING not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_remote_code(model_meta) -> Iterator[None]:
+    native, warning = _NativeAutoConfig, _DropRemoteCodeWarning()
+    model_meta.AutoConfig, original = native, model_meta.AutoConfig
+    model_meta.logger.addFilter(warning)
+    try:
+        yield
+    finally:
+        model_meta.AutoConfig = original
+        model_meta.logger.removeFilter(warning)
+
+
+def refuse_remote_code_for_moon() -> None:
+    """Wrap swift's ``_get_model_info`` so that a moon checkpoint's config is read without remote code.
+
+    A patch, because swift 4.6 reads every checkpoint's config with ``trust_remote_code=True`` (and warns
+    so) before any model loader is asked: a moon folder from the hub whose ``config.json`` has an
+    ``auto_map`` would run its ``configuration_*.py`` there. Other model types are left as swift reads
+    them. ``tests/integrations/swift/test_patches.py`` fails when the wrapped function changes.
+    """
+    from swift.model import model_meta
+
+    original = model_meta._get_model_info
+    if getattr(original, "moon_native", False):
+        return
+
+    @functools.wraps(original)
+    def _get_model_info(model_dir, model_type, quantization_config):
+        if not _is_moon_dir(model_dir):
+            return original(model_dir, model_type, quantization_config)
+        with _without_remote_code(model_meta):
+            return original(model_dir, model_type, quantization_config)
+
+    _get_model_info.moon_native = True
+    model_meta._get_model_info = _get_model_info

@@ -36,8 +36,9 @@ def _model() -> None:
 
     from ...core.settings import SETTINGS_FILE
     from ...template.moon_template import MOON_TEMPLATE_TYPE
-    from .loader import MOON_MODEL_TYPE, MoonLoader
+    from .loader import MOON_MODEL_TYPE, MoonLoader, refuse_remote_code_for_moon
 
+    refuse_remote_code_for_moon()
     if MOON_MODEL_TYPE in MODEL_MAPPING:
         return
     register_model(

@@ -1,4 +1,4 @@
-"""The two functions of other libraries moon-swift wraps (README "Patches"): these fail when the wrapped
+"""The three functions of other libraries moon-swift wraps (README "Patches"): these fail when the wrapped
 function changes, so a new swift or evalscope release cannot silently break the wrappers."""
 
 import dataclasses
@@ -33,3 +33,18 @@ def test_evalscope_opencompass_dataset_listing_is_still_what_swift_eval_calls():
     assert wrapped.moon_tolerant
     assert list(inspect.signature(wrapped.__wrapped__).parameters) == ["return_details"]
     assert "OpenCompassBackendManager.list_datasets()" in inspect.getsource(EvalArguments.list_eval_dataset)
+
+
+def test_swift_model_info_still_reads_the_config_where_the_moon_wrapper_refuses_remote_code():
+    from swift.model import model_meta
+
+    from moon_swift.integrations.swift.loader import refuse_remote_code_for_moon
+
+    refuse_remote_code_for_moon()
+    assert model_meta._get_model_info.moon_native
+    original = model_meta._get_model_info.__wrapped__
+    assert list(inspect.signature(original).parameters) == ["model_dir", "model_type", "quantization_config"]
+    source = inspect.getsource(original)
+    assert "AutoConfig.from_pretrained(model_dir, trust_remote_code=True)" in source  # what the wrapper swaps
+    assert "with trust_remote_code=True" in source  # the warning it drops for moon folders
+    assert "_get_model_info(" in inspect.getsource(model_meta.get_model_info_meta)
