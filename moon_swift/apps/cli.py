@@ -59,9 +59,10 @@ def _moe_options(args: argparse.Namespace) -> dict:
 def cmd_make_tiny(args: argparse.Namespace) -> None:
     from .tiny_model import TinySpec, make_tiny
 
-    if args.as_base and args.moe_layers:
+    if args.as_base and (args.moe_layers or args.learnable_temperature):
         raise MoonInputError(
-            "--as-base writes a dense Qwen checkpoint; MoE options apply to MOON models", field="--as-base"
+            "--as-base writes a dense Qwen checkpoint; MoE and temperature options apply to MOON models",
+            field="--as-base",
         )
     spec = TinySpec(base_model_type=args.as_base or "qwen2_5_vl", extra_config=_moe_options(args))
     files = make_tiny(args.out, seed=args.seed, spec=spec, as_base=args.as_base is not None)

@@ -32,7 +32,7 @@ _TEMPLATE = (
 
 def moon_chat_template(system: str | None = None) -> str:
     """The chat template of a MOON checkpoint whose swift template has default system ``system`` (None: none)."""
-    return _TEMPLATE.replace("DEFAULT_SYSTEM", "none" if system is None else json.dumps(system))
+    return _TEMPLATE.replace("DEFAULT_SYSTEM", "none" if system is None else json.dumps(system, ensure_ascii=False))
 
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

@@ -120,7 +120,7 @@ class GuidedMoE(nn.Module):
     ) -> torch.Tensor | None:
         """Top-k routing of ``x[routed_index]`` into ``out``; returns the weighted aux loss."""
         tokens = x[routed_index]
-        logits = self.router(tokens).float()
+        logits = self.router(tokens.to(self.router.weight.dtype)).float()  # a float32 router under bf16 LoRA
         probs = logits.softmax(dim=-1)
         top_weights, top_experts = probs.topk(self.top_k, dim=-1)
         top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)  # renormalised: upcycling is exact

@@ -49,7 +49,8 @@ class _WeightedSum(torch.autograd.Function):
     """``sum_l weights[b, l] * states[b, l]`` in float32, a chunk of positions at a time, both ways.
 
     Autograd through slices would give every chunk a full-size zero gradient; here backward writes each
-    chunk of the one gradient the states need, in their own dtype (the memory floor).
+    chunk of the one gradient the states need, in their own dtype (the memory floor). Autocast is off inside:
+    under bf16 mixed precision (accelerate's autocast) the matmul would otherwise round each sum to bf16.
     """
 
     @staticmethod
@@ -59,9 +60,10 @@ class _WeightedSum(torch.autograd.Function):
         ctx.save_for_backward(weights)
         ctx.states_dtype = states.dtype
         summed = states.new_zeros((states.shape[0], states.shape[2]), dtype=dtype)
-        for start in range(0, states.shape[1], POOL_CHUNK):
-            part = slice(start, start + POOL_CHUNK)
-            summed += torch.bmm(weights[:, None, part], states[:, part].to(dtype))[:, 0]
+        with torch.autocast(states.device.type, enabled=False):
+            for start in range(0, states.shape[1], POOL_CHUNK):
+                part = slice(start, start + POOL_CHUNK)
+                summed += torch.bmm(weights[:, None, part], states[:, part].to(dtype))[:, 0]
         return summed
 
     @staticmethod

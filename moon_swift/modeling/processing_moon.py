@@ -37,7 +37,11 @@ class MoonProcessor(Qwen2_5_VLProcessor):
     def __call__(self, images=None, text=None, videos=None, **kwargs: Any) -> BatchFeature:
         if text is None:
             return super().__call__(images=images, text=text, videos=videos, **kwargs)
-        if kwargs.get("truncation"):
+        padding = kwargs.pop("padding", False)
+        max_length = kwargs.pop("max_length", None)
+        if kwargs.get("truncation") not in (None, False, "do_not_truncate") or (
+            max_length is not None and padding != "max_length"
+        ):
             raise MoonInputError(
                 "MoonProcessor does not truncate (marker tokens would count, and image tokens must stay whole): "
                 "pass shorter text, or encode through swift's moon template, which truncates with --max_length",
@@ -46,9 +50,11 @@ class MoonProcessor(Qwen2_5_VLProcessor):
         texts = [text] if isinstance(text, str) else list(text)
         marked = [to_markers(take_group_ids(t)[0], field=f"text[{i}]") for i, t in enumerate(texts)]
         return_tensors = kwargs.pop("return_tensors", None)
-        padding = kwargs.pop("padding", False)
-        pad_to = kwargs.pop("max_length", None) if padding == "max_length" else None
-        out = super().__call__(images=images, text=marked, videos=videos, padding=False, return_tensors=None, **kwargs)
+        padding_side = kwargs.pop("padding_side", None) or self.tokenizer.padding_side
+        kwargs.pop("truncation", None)
+        out = super().__call__(
+            images=images, text=marked, videos=videos, padding=False, truncation=False, return_tensors=None, **kwargs
+        )
         rows: dict[str, list[list[int]]] = {key: [] for key in _PER_TOKEN if key in out}
         rows["token_type_ids"] = []
         for index, ids in enumerate(out["input_ids"]):
@@ -58,16 +64,15 @@ class MoonProcessor(Qwen2_5_VLProcessor):
                     rows[key].append([value for value, k in zip(out[key][index], keep, strict=True) if k])
             rows["token_type_ids"].append(types)
         if padding not in (False, None, "do_not_pad"):
-            self._pad(rows, pad_to)
+            self._pad(rows, max_length, left=padding_side == "left")
         data = {key: value for key, value in out.items() if key not in rows}
         return BatchFeature(data={**rows, **data}, tensor_type=return_tensors)
 
-    def _pad(self, rows: dict[str, list[list[int]]], length: int | None) -> None:
-        """Pad every per-token row to ``length`` (default: the longest) on the tokenizer's padding side."""
+    def _pad(self, rows: dict[str, list[list[int]]], length: int | None, *, left: bool) -> None:
+        """Pad every per-token row to ``length`` (default: the longest), on the left or the right."""
         longest = max(len(row) for row in rows["input_ids"])
         length = max(length or 0, longest)
         fill = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": TOKEN_OTHER}
-        left = self.tokenizer.padding_side == "left"
         for key, values in rows.items():
             for index, row in enumerate(values):
                 pad = [fill.get(key, 0)] * (length - len(row))

@@ -180,6 +180,7 @@ class MoonTemplate(Qwen2_5VLTemplate):
         # PIL, URL), EXIF-upright with transparency on white, so a bad one fails with its field; swift's
         # own loader then sees PIL images and leaves them as they are. Each image, of a product or of a
         # photo query alike, becomes its views (original / core-product crop / both), tags repeated to match.
+        self.embedding_settings  # noqa: B018  (resolved before swift reads the system turn: text rows too)
         side = getattr(inputs, "moon_side", None)
         prefix = f"{side} " if side else ""
         if inputs.images:

@@ -13,3 +13,18 @@ def test_a_command_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     assert main(["check-data", str(tmp_path / "missing.jsonl")]) == 2
     assert os.environ["LOG_LEVEL"] == "DEBUG"
+
+
+def test_make_tiny_and_upcycle_flags_reach_the_config(tmp_path):
+    import json
+    import math
+
+    from safetensors.torch import load_file
+
+    assert main(["make-tiny", str(tmp_path / "base"), "--as-base", "qwen2_5_vl"]) == 0
+    assert main(["upcycle", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "moon"), "--moe-layers", "all",
+                 "--learnable-temperature", "--init-temperature", "0.1"]) == 0  # fmt: skip
+    config = json.loads((tmp_path / "moon" / "config.json").read_text())
+    assert config["learnable_temperature"] and config["init_temperature"] == 0.1 and config["moe_layers"] == [0, 1]
+    logit_scale = load_file(tmp_path / "moon" / "model.safetensors")["temperature.logit_scale"]
+    assert abs(logit_scale.item() - math.log(1 / 0.1)) < 1e-6  # initialised, not left on the meta device

@@ -123,3 +123,14 @@ def test_a_learned_temperature_starts_at_its_value_and_survives_save_and_load(tm
         model.temperature.logit_scale.fill_(2.5)  # as if trained
     model.save_pretrained(tmp_path / "b")
     assert AutoModel.from_pretrained(tmp_path / "b").temperature().item() == pytest.approx(2.5)
+
+
+def test_mean_pool_accumulates_in_float32_under_bf16_autocast():
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 300, 64, generator=generator, dtype=torch.float64).to(torch.bfloat16)
+    mask = torch.ones(2, 300)
+    expected = hidden.double().mean(dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what accelerate wraps a bf16 forward in
+        pooled = mean_pool(hidden, mask)
+    assert pooled.dtype == torch.float32
+    assert (pooled.double() - expected).abs().max() < 1e-6  # a bf16 matmul is ~1e-3 off here

@@ -229,3 +229,20 @@ def test_token_types_follow_truncation_exactly_with_images_and_repeated_words(ti
     assert cut["input_ids"] == [full["input_ids"][i] for i in kept]
     assert cut["token_type_ids"] == [full["token_type_ids"][i] for i in kept]
     assert len(set(cut["token_type_ids"])) > 1  # the kept text holds typed and untyped "red"s
+
+
+def test_the_checkpoints_system_turn_applies_from_the_first_request_text_only_too(tiny_moon_dir, tmp_path):
+    import shutil
+
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    from moon_swift.core.settings import EmbeddingSettings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_moon_dir, model)
+    EmbeddingSettings(system="Represent the product.").save(model)
+    _, processor = get_model_processor(str(model), model_type="moon", task_type="embedding", load_model=False)
+    template = get_template(processor, template_type="moon")
+    encoded = template.encode({"messages": [{"role": "user", "content": "blue skirt"}]})  # no image: no views read
+    assert _decode(template, encoded["input_ids"]).startswith("<|im_start|>system\nRepresent the product.<|im_end|>")

@@ -34,9 +34,10 @@ TRAINER_STATE = "trainer_state.json"
 HINT = "the save was interrupted or the copy is incomplete: resume from an earlier checkpoint"
 
 
-def check_checkpoint(checkpoint: str | Path) -> list[Path]:
+def check_checkpoint(checkpoint: str | Path, world_size: int = 1) -> list[Path]:
     """Raise :class:`MoonInputError` naming the first damaged or missing file of ``checkpoint``; returns
-    the files checked."""
+    the files checked. ``world_size``: processes of the resuming run, each of which needs its own rank files
+    (a rank killed while saving leaves none, and the highest one would otherwise go unnoticed)."""
     root = Path(checkpoint)
     if not root.is_dir():
         raise MoonInputError("resume_from_checkpoint is not a directory", file=str(root))
@@ -47,7 +48,7 @@ def check_checkpoint(checkpoint: str | Path) -> list[Path]:
         check_file(path)
         checked.append(path)
     _check_deepspeed_tag(root)
-    _check_ranks(root, checked)
+    _check_ranks(root, checked, world_size)
     return checked
 
 
@@ -164,8 +165,8 @@ def _check_deepspeed_tag(root: Path) -> None:
         _fail(folder, f"DeepSpeed checkpoint folder without *model_states.pt ({HINT})")
 
 
-def _check_ranks(root: Path, files: list[Path]) -> None:
-    """Every rank that saved something saved each kind of per-rank file."""
+def _check_ranks(root: Path, files: list[Path], world_size: int = 1) -> None:
+    """Every rank that saved something, and every rank of the resuming run, saved each kind of per-rank file."""
     ranks: dict[str, set[int]] = {kind: set() for kind in RANK_FILES}
     for path in files:
         for kind, pattern in RANK_FILES.items():
@@ -175,12 +176,13 @@ def _check_ranks(root: Path, files: list[Path]) -> None:
     present = {kind: found for kind, found in ranks.items() if found}
     if not present:
         return
-    world = max(max(found) for found in present.values()) + 1
+    world = max(max(max(found) for found in present.values()) + 1, world_size)
     for kind, found in present.items():
         missing = sorted(set(range(world)) - found)
         if missing:
             raise MoonInputError(
-                f"the {kind} file of rank(s) {missing} is missing while other ranks' are there ({HINT})",
+                f"the {kind} file of rank(s) {missing} is missing while other ranks' are there (this run has "
+                f"{world_size} process(es); a rank killed while saving, or a checkpoint of fewer processes: {HINT})",
                 file=str(root),
             )
 

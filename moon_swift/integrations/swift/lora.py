@@ -5,6 +5,10 @@ its initial value. Left frozen under ``--tuner_type lora`` (the usual ``target_m
 projections), routing would never learn and the aux loss would only reach upstream adapters. They are tiny
 (``hidden x num_experts`` per MoE layer, one scalar), so they go into peft's ``modules_to_save``: trained,
 saved in the adapter and restored with it. A router the user made a LoRA target is left as it is.
+
+The trained copies are float32, as peft keeps LoRA weights: a bf16 model trained without DeepSpeed's float32
+master weights (the LoRA recipe) would lose updates below bf16's resolution (the temperature's log, ~3.0,
+moves in steps of 0.016; lr 1e-4 steps never land).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def train_moon_modules_in_full(model: nn.Module) -> list[str]:
         return []
     present = list(config.modules_to_save or [])
     added = []
-    for name, modules in _owners(model).items():
+    owners = _owners(model)
+    for name, modules in owners.items():
         if not modules or name in present:
             continue
         if any(isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper)) for module in modules):
@@ -53,5 +58,9 @@ def train_moon_modules_in_full(model: nn.Module) -> list[str]:
     if added:
         config.modules_to_save = present + added
         set_additional_trainable_modules(model, config, getattr(model, "config", None), adapter)
-        logger.info("moon: trained in full under LoRA (peft modules_to_save): %s", added)
+        ours = {id(module) for name in added for module in owners[name]}
+        for module in model.modules():
+            if isinstance(module, ModulesToSaveWrapper) and id(module.original_module) in ours:
+                module.modules_to_save[adapter].float()
+        logger.info("moon: trained in full under LoRA (peft modules_to_save, float32): %s", added)
     return added

@@ -35,6 +35,7 @@ def _model() -> None:
     import moon_swift.modeling  # noqa: F401  (transformers' Auto classes)
 
     from ...core.settings import SETTINGS_FILE
+    from ...modeling.chat_format import CHAT_TEMPLATE_FILE
     from ...template.moon_template import MOON_TEMPLATE_TYPE
     from .loader import MOON_MODEL_TYPE, MoonLoader, refuse_remote_code_for_moon
 
@@ -52,7 +53,8 @@ def _model() -> None:
             is_multimodal=True,
             task_type="embedding",
             tags=["vision", "embedding"],
-            additional_saved_files=[SETTINGS_FILE],  # merged LoRA checkpoints keep the adapter's settings
+            # merged LoRA checkpoints keep the adapter's settings and its chat template (a --system turn)
+            additional_saved_files=[SETTINGS_FILE, CHAT_TEMPLATE_FILE],
         )
     )
 

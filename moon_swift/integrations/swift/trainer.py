@@ -38,6 +38,8 @@ class MatryoshkaDims:
         return self.loss(outputs, labels, mrl_dims=self.dims, **kwargs)
 
     def __getattr__(self, name: str):
+        if name == "loss":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.loss, name)
 
 
@@ -92,5 +94,5 @@ class MoonEmbeddingTrainer(EmbeddingTrainer):
         if resume is True:  # transformers: the newest checkpoint of output_dir
             resume = get_last_checkpoint(self.args.output_dir)
         if resume:
-            check_checkpoint(resume)
+            check_checkpoint(resume, world_size=self.args.world_size)
         return super().train(*args, **kwargs)

@@ -134,7 +134,7 @@ def test_the_trainer_checks_the_checkpoint_it_resumes_from(checkpoint):
 
     path = checkpoint / "global_step4" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     truncate(path, 100)
-    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(checkpoint.parent)))
+    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(checkpoint.parent), world_size=2))
     for args, kwargs in [((str(checkpoint),), {}), ((), {"resume_from_checkpoint": str(checkpoint)}),
                          ((), {"resume_from_checkpoint": True})]:  # fmt: skip
         with pytest.raises(MoonInputError, match="truncated") as caught:
@@ -150,3 +150,13 @@ def test_a_missing_shard_of_a_sharded_model_is_named(checkpoint):
     with pytest.raises(MoonInputError, match="lists shard model-00002-of-00002.safetensors, which is missing") as e:
         check_checkpoint(checkpoint)
     assert e.value.file == str(index)
+
+
+def test_a_rank_of_the_resuming_run_without_any_files_is_named(checkpoint):
+    """Rank 1 killed while saving: only rank 0's files are there; the two-process resume must not start."""
+    for path in checkpoint.rglob("*"):
+        if path.is_file() and ("rank_1" in path.name or "rank1" in path.name or path.name.endswith("_1.pth")):
+            path.unlink()
+    check_checkpoint(checkpoint)  # a one-process resume of rank 0's files is allowed
+    with pytest.raises(MoonInputError, match=r"rank\(s\) \[1\] is missing .* \(this run has 2 process"):
+        check_checkpoint(checkpoint, world_size=2)
