@@ -36,7 +36,7 @@ def group_id_hash(value: str) -> int:
 # -- from markup to token types: one implementation, for the swift template and for MoonProcessor -------------
 
 #: Each tag becomes a Qwen special token before tokenisation, so that a span always starts and ends on a token
-#: boundary; the marker tokens are removed again after tokenisation (:func:`split_markers`).
+#: boundary; the marker tokens are removed again after tokenisation (:meth:`MarkerIds.split`).
 FIELD_MARKERS = {
     CATEGORY_TAGS[0]: "<|quad_start|>",
     CATEGORY_TAGS[1]: "<|quad_end|>",

@@ -265,12 +265,12 @@ class MoonInfoNCELoss(BaseLoss):
         temperature = 1.0 / logit_scale.exp().clamp(max=100) if logit_scale is not None else self.options.temperature
 
         loss, stats = None, {}
-        for dim, weight, prefix in self._dimensions(flat.shape[1], mrl_dims):
-            vectors = flat if prefix is None else F.normalize(flat[:, :dim], p=2, dim=-1)
+        for prefix, weight in self._dimensions(flat.shape[1], mrl_dims):
+            vectors = flat if prefix is None else F.normalize(flat[:, :prefix], p=2, dim=-1)
             candidates = vectors[product_rows]
             if queued is not None:
                 past = queued[0].to(vectors.dtype)
-                candidates = torch.cat([candidates, past if prefix is None else F.normalize(past[:, :dim], dim=-1)])
+                candidates = torch.cat([candidates, past if prefix is None else F.normalize(past[:, :prefix], dim=-1)])
             part, part_stats = infonce_with_masks(
                 vectors[anchor_rows], candidates, candidate_groups, positive_index, temperature
             )
@@ -290,10 +290,10 @@ class MoonInfoNCELoss(BaseLoss):
         self._log(stats)
         return loss
 
-    def _dimensions(self, full: int, mrl_dims: dict[int, float] | None) -> list[tuple[int, float, int | None]]:
-        """(dimension, weight, prefix length or None for the vector as the model returned it), largest first."""
+    def _dimensions(self, full: int, mrl_dims: dict[int, float] | None) -> list[tuple[int | None, float]]:
+        """(prefix length, or None for the vector as the model returned it; weight), largest first."""
         if not mrl_dims:
-            return [(full, 1.0, None)]
+            return [(None, 1.0)]
         kept = sorted(((int(d), float(w)) for d, w in mrl_dims.items() if int(d) <= full), reverse=True)
         skipped = sorted(int(d) for d in mrl_dims if int(d) > full)
         if skipped and not self._warned_dims:
@@ -303,7 +303,7 @@ class MoonInfoNCELoss(BaseLoss):
             raise MoonInputError(
                 f"--mrl_dims {sorted(mrl_dims)}: every dimension exceeds the embedding size {full}", field="mrl_dims"
             )
-        return [(dim, weight, dim) for dim, weight in kept]
+        return kept
 
     def save_queue(self, checkpoint: str | Path) -> Path | None:
         """Write this rank's negative queue into ``checkpoint`` (None when there is no queue)."""
@@ -318,7 +318,7 @@ class MoonInfoNCELoss(BaseLoss):
         metrics = getattr(self.trainer, "custom_metrics", None)
         if metrics is None:
             return
-        mode = "train" if self.trainer.model.training else "eval"
+        mode = "train" if self._training() else "eval"
         for key, value in stats.items():
             metrics[mode][f"moon_infonce/{key}"].update(value)
 

@@ -14,7 +14,7 @@ from ..core.errors import MoonInputError
 from ..core.settings import EmbeddingSettings
 from .chat_format import moon_chat_template
 from .configuration_moon import SUPPORTED_BASE_MODEL_TYPES, MoonConfig
-from .modeling_moon import MoonModel
+from .modeling_moon import LearnedTemperature, MoonModel
 from .processing_moon import MoonProcessor
 
 _BASE_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
@@ -69,9 +69,8 @@ def upcycle(
         moon = MoonModel(config)
     state = upcycled_state_dict(moon, base.model.state_dict(), noise=noise, seed=seed)
     moon.model.load_state_dict(state, strict=True, assign=True)
-    if config.learnable_temperature:  # built on the meta device like the rest: give it its initial value
-        moon.temperature.logit_scale = torch.nn.Parameter(torch.empty(1, dtype=torch.float32))
-        moon.temperature.reset_parameters()
+    if config.learnable_temperature:  # built on the meta device like the rest: a real one at its initial value
+        moon.temperature = LearnedTemperature(config.init_temperature)
     moon.to(base.dtype).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     moon.save_pretrained(out_dir)

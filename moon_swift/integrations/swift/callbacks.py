@@ -119,8 +119,7 @@ def training_record(trainer) -> dict[str, Any]:
 
     from ...core.settings import base_identity
 
-    loss = getattr(trainer, "embedding_loss", None) or getattr(trainer, "compute_loss_func", None)
-    options = getattr(loss, "options", None)
+    options = getattr(getattr(trainer, "embedding_loss", None), "options", None)
     base = getattr(trainer.template.model_info, "model_dir", None)
     record: dict[str, Any] = {
         "loss_type": getattr(trainer.args, "loss_type", None),

@@ -29,18 +29,14 @@ def is_moon_model(model) -> bool:
 
 
 class MatryoshkaDims:
-    """``moon_infonce`` called with swift's ``--mrl_dims``; otherwise the loss itself (queue, options)."""
+    """``moon_infonce`` called with swift's ``--mrl_dims`` (the queue and options are read from the trainer's
+    ``embedding_loss``)."""
 
     def __init__(self, loss: MoonInfoNCELoss, dims: dict[int, float]):
         self.loss, self.dims = loss, dims
 
     def __call__(self, outputs, labels, **kwargs):
         return self.loss(outputs, labels, mrl_dims=self.dims, **kwargs)
-
-    def __getattr__(self, name: str):
-        if name == "loss":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.loss, name)
 
 
 class MoonEmbeddingTrainer(EmbeddingTrainer):
@@ -63,7 +59,7 @@ class MoonEmbeddingTrainer(EmbeddingTrainer):
             refuse_fp16(self.args)
             if not any(isinstance(callback, MoonMoeCallback) for callback in self.callback_handler.callbacks):
                 self.add_callback(MoonMoeCallback(self.args, self))  # unless --callbacks moon_moe added it
-        if callable(getattr(self.compute_loss_func, "save_queue", None)):
+        if callable(getattr(self.embedding_loss, "save_queue", None)):
             self.add_callback(QueueCheckpointCallback(self.args, self))
 
     def create_loss_and_eval_metric(self, args):
