@@ -31,6 +31,29 @@ def run_cli(args: list[str], *, cwd: Path = REPO_ROOT, env: dict | None = None, 
     )
 
 
+#: `swift sft` options of the runs that compare gradients: two steps of plain SGD without clipping or warm-up (every
+#: weight update is proportional to its gradient; Adam would hide a wrong scale), rows in file order, logs at every
+#: step and the weights saved after the second
+TWO_SGD_STEPS = ("--max_steps", "2", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "2",
+                 "--save_only_model", "true", "--dataset_shuffle", "false", "--train_dataloader_shuffle", "false",
+                 "--optim", "sgd", "--learning_rate", "0.05", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+                 "--max_grad_norm", "0")  # fmt: skip
+
+
+def logged_steps(out: Path) -> list[dict]:
+    """The per-step entries of a run's ``logging.jsonl`` (loss, grad_norm, ...)."""
+    entries = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
+    return [entry for entry in entries if "loss" in entry and "global_step/max_steps" in entry]
+
+
+def relative(a, b) -> float:
+    """``|a - b| / |a|`` in float64 (tensors or numbers)."""
+    import torch
+
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).norm() / a.norm().clamp_min(1e-12))
+
+
 def write_generic_catalog(root: Path) -> tuple[Path, Path]:
     """4 real photos as a generic JSONL catalog (2 categories, 2 colours) + 3 behaviour pairs: a text query,
     a photo query (a real street photo) and a photo + text query."""

@@ -16,6 +16,8 @@ KNOWN_ENV = {
     "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "INFONCE_TEMPERATURE",
     "MOON_INFONCE_TEMPERATURE", "MOON_INFONCE_SPATIAL", "MOON_INFONCE_QUEUE_SIZE", "MOON_INFONCE_QUEUE_MAX_AGE",
     "MOON_INFONCE_QUEUE_NEGATIVES", "MOON_INFONCE_QUEUE_START", "MOON_BOXES", "MOON_IMAGE_VIEWS", "MOON_BOXES_MISSING",
+    "MOON_INFONCE_QUEUE_MODE", "MOON_INFONCE_QUEUE_WEIGHT", "MOON_INFONCE_MOMENTUM", "MOON_INFONCE_UNIFORMITY",
+    "MOON_INFONCE_COLLAPSE_PATIENCE", "MOON_GRAD_CACHE_ROWS",
 }  # fmt: skip
 
 
@@ -74,3 +76,17 @@ def test_a_misspelt_option_is_caught(tmp_path):
 
     _, unknown = HfArgumentParser([SftArguments]).parse_known_args(swift_argv(broken)[0])
     assert unknown[:1] == ["--los_type"]
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if "3b" in r.name], ids=lambda p: p.name)
+def test_the_advertised_queue_is_all_usable_at_the_recipes_batch(recipe):
+    """The queue a recipe sets must be young enough to use in full (the loss refuses it at the first step
+    otherwise): max age x products per optimizer step >= size. Rows carry the header's one hard negative."""
+    config = yaml.safe_load(recipe.read_text())
+    env = config["ENV"]
+    assert "--hard-negatives 1" in (REPO_ROOT / "recipes" / "moon_3b.yaml").read_text()  # both use its data
+    products_per_step = (int(env.get("NPROC_PER_NODE", 1)) * config["per_device_train_batch_size"]
+                         * config["gradient_accumulation_steps"] * 2)  # fmt: skip
+    size, age = int(env["MOON_INFONCE_QUEUE_SIZE"]), int(env["MOON_INFONCE_QUEUE_MAX_AGE"])
+    assert size > 0 and age * products_per_step >= size, (size, age, products_per_step)
+    assert env["MOON_INFONCE_QUEUE_MODE"] in ("momentum", "split")  # not the single softmax that collapses

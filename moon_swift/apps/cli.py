@@ -241,6 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             limit=args.limit,
             epochs=args.epochs,
             seed=args.seed,
+            **({"variants": tuple(args.variants)} if args.variants else {}),
         )
     )
 
@@ -458,7 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help=f"swift sft recipe to train with (default {TINY_RECIPE})")
     p.add_argument("--limit", type=int, help="products to use, train + held-out (default: the whole catalog)")
     p.add_argument("--epochs", type=float, default=1, help="training epochs of each variant")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the tiny model, the hard negatives and (when not 0) swift's training order",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help="variants to train (default: the table's; '+ queue split' and '+ queue fifo' compare queue modes)",
+    )
     p.set_defaults(func=cmd_demo)
     _add_detection_commands(sub)
     return parser

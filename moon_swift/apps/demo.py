@@ -31,11 +31,13 @@ from ..data.negatives import category_negatives
 from ..eval.encode import ProductEncoder
 from ..eval.report import flatten, metrics_by_task
 from ..eval.run import evaluate_outcomes
+from ..losses.moon_infonce import QUEUE_WEIGHTS
 from ..modeling.upcycle import upcycle
 from .tiny_model import make_tiny
 
 GUIDED_MOE = {"moe_layers": "all", "num_experts": 4, "moe_top_k": 2, "guided_experts": True}
-QUEUE = {"MOON_INFONCE_QUEUE_SIZE": "256", "MOON_INFONCE_QUEUE_MAX_AGE": "4"}  # the temporal-queue variant
+#: the temporal-queue variants: 16 rows x 2 products per step, so 8 steps of age fill the 256 entries
+QUEUE = {"MOON_INFONCE_QUEUE_SIZE": "256", "MOON_INFONCE_QUEUE_MAX_AGE": "8", "MOON_INFONCE_QUEUE_START": "20"}
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,17 @@ class Variant:
     crops: bool = True
     loss: str = "moon_infonce"
     hard_negatives: bool = True
-    queue: bool = False
+    queue: str | None = None  # MOON_INFONCE_QUEUE_MODE of the temporal queue; None: no queue
 
     def describe(self) -> str:
         parts = ["guided MoE" if self.moe else "dense", "original + crop" if self.crops else "original only",
                  self.loss, "hard negatives" if self.hard_negatives else "in-batch negatives"]  # fmt: skip
-        return ", ".join(parts + (["temporal queue"] if self.queue else []))
+        return ", ".join(parts + ([f"temporal queue ({self.queue})"] if self.queue else []))
 
     def environment(self, boxes: Path) -> dict[str, str]:
         """moon's settings for this variant (training and evaluation must agree on the image views)."""
         env = {"MOON_IMAGE_VIEWS": "both" if self.crops else "original", "MOON_BOXES": str(boxes) if self.crops else ""}
-        return {**env, **(QUEUE if self.queue else {})}
+        return {**env, **({**QUEUE, "MOON_INFONCE_QUEUE_MODE": self.queue} if self.queue else {})}
 
 
 VARIANTS = (
@@ -63,8 +65,10 @@ VARIANTS = (
     Variant("dense FFN", moe=False),
     Variant("no crops", crops=False),
     Variant("plain infonce", loss="infonce", hard_negatives=False),
-    Variant("+ time queue", queue=True),
+    Variant("+ time queue", queue="momentum"),
 )
+#: not in the default table; ``--variants`` selects them (the queue modes compared in README)
+EXTRA_VARIANTS = (Variant("+ queue split", queue="split"), Variant("+ queue fifo", queue="fifo"))
 #: the table's columns: (label, key of :func:`flatten`)
 COLUMNS = (
     ("R@1", "retrieval/title->product/recall@1"),
@@ -102,12 +106,14 @@ def _slug(name: str) -> str:
 
 
 def train_with_swift(recipe: Path, model_dir: Path, train_jsonl: Path, output_dir: Path, epochs: float, *,
-                     loss: str = "infonce", env: dict[str, str] | None = None) -> Path:  # fmt: skip
+                     loss: str = "infonce", env: dict[str, str] | None = None,
+                     seed: int | None = None) -> Path:  # fmt: skip
     """Run ``swift sft RECIPE`` with the demo's paths; returns the last checkpoint directory."""
     if output_dir.exists():
         shutil.rmtree(output_dir)  # an unfinished earlier attempt: restart it cleanly
     command = [*swift_command(), "sft", str(recipe), "--model", str(model_dir), "--dataset", str(train_jsonl),
-               "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), "--loss_type", loss]  # fmt: skip
+               "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), "--loss_type", loss,
+               *(["--seed", str(seed)] if seed is not None else [])]  # fmt: skip
     _step("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items() if v) + " " + " ".join(command))
     output_dir.mkdir(parents=True)
     log_path = output_dir / "swift_sft.log"
@@ -164,7 +170,11 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, float]]:
         raise MoonInputError("recipe not found: pass --recipe", file=str(config.recipe))
     if not config.catalog.is_dir():
         raise MoonInputError("fashion catalog directory not found: pass --catalog", file=str(config.catalog))
-    variants = [v for v in VARIANTS if v.name in config.variants]
+    known = {v.name: v for v in (*VARIANTS, *EXTRA_VARIANTS)}
+    unknown = [name for name in config.variants if name not in known]
+    if unknown:
+        raise MoonInputError(f"unknown variants {unknown}; known: {list(known)}", field="variants")
+    variants = [known[name] for name in config.variants]
     work = config.workdir
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     steps = 4 + len(variants)
@@ -191,6 +201,9 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, float]]:
         out = work / "train" / _slug(variant.name)
         done = out / "done.json"
         spec = {"variant": asdict(variant), "epochs": config.epochs, "seed": config.seed, "pairs": n_train}
+        if variant.queue:  # the queue's settings: a change retrains the variant
+            spec["queue"] = {key: value for key, value in os.environ.items() if key.startswith("MOON_INFONCE_")}
+            spec["queue"].update({**QUEUE, "weight": str(QUEUE_WEIGHTS[variant.queue])})
         if done.is_file() and json.loads(done.read_text()).get("spec") == spec:
             checkpoints[variant.name] = Path(json.loads(done.read_text())["checkpoint"])
             _step(f"{index}/{steps} {variant.name}: finished in an earlier run, reused ({checkpoints[variant.name]})")
@@ -198,7 +211,8 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, float]]:
         _step(f"{index}/{steps} training {variant.name}: {variant.describe()}")
         model = moe if variant.moe else dense
         checkpoint = train_with_swift(config.recipe, model, data[variant.hard_negatives], out, config.epochs,
-                                      loss=variant.loss, env=variant.environment(boxes))  # fmt: skip
+                                      loss=variant.loss, env=variant.environment(boxes),
+                                      seed=config.seed if config.seed else None)  # fmt: skip
         done.write_text(json.dumps({"spec": spec, "checkpoint": str(checkpoint)}, indent=2))
         checkpoints[variant.name] = checkpoint
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import FASHION_CATALOG, REPO_ROOT, run_cli, swift_executable
+from helpers import FASHION_CATALOG, REPO_ROOT, TWO_SGD_STEPS, logged_steps, relative, run_cli, swift_executable
 from safetensors.torch import load_file
 
 from moon_swift.apps.tiny_model import make_tiny
@@ -63,11 +63,7 @@ def sft(setup, name, *, loss, nproc, batch, dataset="rows.jsonl", extra=()) -> P
         return out
     args = [swift_executable(), "sft", str(setup["recipe"]), "--model", str(setup["model"]),
             "--dataset", str(setup["root"] / dataset), "--output_dir", str(out), "--loss_type", loss,
-            "--per_device_train_batch_size", str(batch), "--max_steps", "2", "--logging_steps", "1",
-            "--save_strategy", "steps", "--save_steps", "2", "--save_only_model", "true",
-            "--dataset_shuffle", "false", "--train_dataloader_shuffle", "false",
-            "--optim", "sgd", "--learning_rate", "0.05", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
-            "--max_grad_norm", "0", *extra]  # fmt: skip
+            "--per_device_train_batch_size", str(batch), *TWO_SGD_STEPS, *extra]  # fmt: skip
     result = run_cli(args, env={**ENV, "NPROC_PER_NODE": str(nproc)}, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:]
     setup["runs"][name] = out
@@ -77,16 +73,6 @@ def sft(setup, name, *, loss, nproc, batch, dataset="rows.jsonl", extra=()) -> P
 def one_process(setup, loss) -> Path:
     # --callbacks moon_moe (the old way to get routing logs) is still accepted
     return sft(setup, f"{loss}-one", loss=loss, nproc=1, batch=4, extra=("--callbacks", "moon_moe"))
-
-
-def logged_steps(out: Path) -> list[dict]:
-    entries = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
-    return [entry for entry in entries if "loss" in entry and "global_step/max_steps" in entry]
-
-
-def relative(a: torch.Tensor | float, b: torch.Tensor | float) -> float:
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
 def differences(setup, one: Path, other: Path) -> dict[str, float]:

@@ -32,9 +32,9 @@ RECIPE = REPO_ROOT / "recipes" / "tiny_cpu.yaml"
 # 28 rows / (2 ranks x 2) = 7 steps an epoch: the kill comes mid-epoch, the resumed run goes on into the
 # (reshuffled) second epoch; 2 rows have one hard negative, not two, so the ranks' batches differ in size
 STEPS, SAVE_EVERY, KILL_AFTER_STEP, CATALOG_LIMIT = 8, 2, 5, 31
-# a queue of 40 (steps bring up to 12 products, a row may have fewer hard negatives) wraps around at
-# uneven points; entries older than 3 steps age out
-ENV = {"NPROC_PER_NODE": "2", "MOON_INFONCE_QUEUE_SIZE": "40", "MOON_INFONCE_QUEUE_MAX_AGE": "3"}
+# a queue of 30 (steps bring 11 or 12 products, a row may have fewer hard negatives) wraps around at uneven
+# points; the default momentum mode fills it from the moving-average key encoder, which must resume too
+ENV = {"NPROC_PER_NODE": "2", "MOON_INFONCE_QUEUE_SIZE": "30", "MOON_INFONCE_QUEUE_MAX_AGE": "3"}
 # Each rank runs one thread (torchrun's OMP_NUM_THREADS=1), DeepSpeed reduces without overlap and a sum of
 # two ranks' gradients is order-free, so a faithful resume is bitwise equal here (as measured). The tolerance
 # leaves room for runners whose float32 reductions are not reproducible (more threads: ulps, ~1e-6 after a
@@ -178,6 +178,11 @@ def test_killed_rank_resumes_exactly_like_the_uninterrupted_run(uninterrupted, m
         assert (qa["pointer"], qa["filled"]) == (qb["pointer"], qb["filled"])
         assert torch.equal(qa["group_ids"], qb["group_ids"]) and torch.equal(qa["steps"], qb["steps"])
         torch.testing.assert_close(qb["embeddings"], qa["embeddings"], rtol=RTOL, atol=1e-6)
+        average = f"checkpoint-{STEPS}/moon_infonce_momentum_rank{rank}.pt"  # the key encoder came back too
+        ea, eb = torch.load(uninterrupted / average), torch.load(out / average)
+        assert ea["updates"] == eb["updates"] == STEPS
+        for x, y in zip(ea["averages"], eb["averages"], strict=True):
+            torch.testing.assert_close(y, x, rtol=0, atol=WEIGHTS_ATOL)
 
 
 def test_truncated_checkpoint_file_is_named_before_resuming(uninterrupted, moe_model, train_jsonl, tmp_path):

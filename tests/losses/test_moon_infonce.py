@@ -40,6 +40,9 @@ class TrainerDouble:
 
 
 def make_loss(monkeypatch, **options):
+    # the queue's mechanics (age, warm-up, masking, resume) are checked on the single-softmax mode, whose loss the
+    # reference below computes; the other modes have their own tests (test_queue_modes.py)
+    options.setdefault("queue_mode", "fifo")
     return MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=None), TrainerDouble(), MoonInfoNCEOptions(**options))
 
 
@@ -113,14 +116,29 @@ def test_temporal_queue_adds_past_embeddings_and_masks_same_products(monkeypatch
 
 
 def test_queue_max_age_drops_old_embeddings(monkeypatch):
-    loss_fn = make_loss(monkeypatch, queue_size=100, queue_max_age=2)
-    for step in range(4):
+    # the loss runs every second step (as with steps it never sees): entries two calls old are 4 steps old
+    loss_fn = make_loss(monkeypatch, queue_size=4, queue_max_age=2)
+    for step in (0, 2, 4, 6):
         loss_fn.trainer.state.global_step = step
         embeddings, labels = batch([0, 0], seed=step)
         loss_fn({"last_hidden_state": embeddings}, labels)
     stats = loss_fn.trainer.custom_metrics["train"]["moon_infonce/negatives_per_anchor"].values
-    # in-batch: 2 products -> 1 negative; steps 0..3 see 0, 1, 2, 2 past steps (age <= 2) of 2 products each
-    assert stats == [1.0, 3.0, 5.0, 5.0]
+    # in-batch: 2 products -> 1 negative; then only the previous call's 2 products are young enough (age 2)
+    assert stats == [1.0, 3.0, 3.0, 3.0]
+    assert loss_fn.trainer.custom_metrics["train"]["moon_infonce/queue_length"].values[-1] == 4
+
+
+@pytest.mark.parametrize("mode", ["momentum", "split", "fifo"])
+def test_a_queue_longer_than_its_max_age_can_fill_stops_at_the_first_step(monkeypatch, mode):
+    loss_fn = make_loss(monkeypatch, queue_size=100, queue_max_age=2, queue_mode=mode)
+    loss_fn.args.gradient_accumulation_steps = 3  # 2 products per call, 6 per optimizer step
+    embeddings, labels = batch([0, 0])
+    loss_fn.momentum_keys = embeddings
+    with pytest.raises(MoonInputError) as error:
+        loss_fn({"last_hidden_state": embeddings}, labels)
+    message = str(error.value)
+    assert "MOON_INFONCE_QUEUE_SIZE=100" in message and "MOON_INFONCE_QUEUE_MAX_AGE=2" in message
+    assert "at most 12 entries" in message and ">= 17" in message
 
 
 def test_queue_start_keeps_queued_negatives_out_until_the_warm_up_ends(monkeypatch):
@@ -141,7 +159,7 @@ def test_gradients_match_autograd_of_the_reference_definition():
     groups = torch.arange(len(layout.products))
 
     def loss_of(e):
-        return infonce_with_masks(e[layout.anchors], e[layout.products], groups, layout.positive_in_products, 0.1)[0]
+        return infonce_with_masks(e[layout.anchors], e[layout.products], groups, layout.positive_in_products, 0.1)
 
     assert torch.autograd.gradcheck(loss_of, (embeddings.clone().requires_grad_(),))
 
@@ -276,6 +294,6 @@ def test_a_resumed_queue_never_mistakes_new_rows_without_ids_for_queued_ones(mon
     run(first, range(2))
     first.save_queue(tmp_path)
     resumed = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=str(tmp_path)), TrainerDouble(),
-                              MoonInfoNCEOptions(queue_size=16))  # fmt: skip
+                              MoonInfoNCEOptions(queue_size=16, queue_mode="fifo"))  # fmt: skip
     assert run(resumed, range(2, 4)) == pytest.approx(uninterrupted[2:], rel=1e-12)
     assert resumed.trainer.custom_metrics["train"]["moon_infonce/false_negatives_masked"].values == [0.0, 0.0]

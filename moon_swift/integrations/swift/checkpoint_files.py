@@ -27,6 +27,7 @@ SAFETENSORS_DTYPE_BYTES = {
 RANK_FILES = {
     "rng_state": re.compile(r"rng_state_(\d+)\.pth"),
     "moon_infonce queue": re.compile(r"moon_infonce_queue_rank(\d+)\.pt"),
+    "moon_infonce momentum encoder": re.compile(r"moon_infonce_momentum_rank(\d+)\.pt"),
     "DeepSpeed optimizer shard": re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt"),
     "DeepSpeed ZeRO-3 model shard": re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_model_states\.pt"),
 }

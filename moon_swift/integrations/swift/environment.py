@@ -17,7 +17,16 @@ view setting, or a box store or detector other than the one the crops came from,
 
 ``moon_infonce`` (``--loss_type moon_infonce``): ``MOON_INFONCE_TEMPERATURE``, ``MOON_INFONCE_SPATIAL``,
 ``MOON_INFONCE_QUEUE_SIZE``, ``MOON_INFONCE_QUEUE_MAX_AGE``, ``MOON_INFONCE_QUEUE_NEGATIVES``,
-``MOON_INFONCE_QUEUE_START`` (see :class:`~moon_swift.losses.MoonInfoNCEOptions`).
+``MOON_INFONCE_QUEUE_START``, ``MOON_INFONCE_QUEUE_MODE``, ``MOON_INFONCE_QUEUE_WEIGHT``,
+``MOON_INFONCE_MOMENTUM``, ``MOON_INFONCE_UNIFORMITY``, ``MOON_INFONCE_COLLAPSE_PATIENCE`` (see
+:class:`~moon_swift.losses.moon_infonce.MoonInfoNCEOptions` and README's "Temporal negatives").
+
+Training steps (any embedding loss):
+
+==========================  ===================================================================================
+``MOON_GRAD_CACHE_ROWS``    rows per forward chunk of a cached contrastive step (GradCache); unset or 0: off
+                            (see :mod:`moon_swift.integrations.swift.cached_steps`)
+==========================  ===================================================================================
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ logger = logging.getLogger("moon_swift")
 
 IMAGE_VIEWS, BOXES, BOXES_MISSING = "MOON_IMAGE_VIEWS", "MOON_BOXES", "MOON_BOXES_MISSING"
 DETECTOR_CONFIG, DETECTOR_CHECKPOINT = "MOON_DETECTOR_CONFIG", "MOON_DETECTOR_CHECKPOINT"
+GRAD_CACHE_ROWS = "MOON_GRAD_CACHE_ROWS"
 #: setting -> its environment variable
 SETTING_VARIABLES = {"image_views": IMAGE_VIEWS, "boxes": BOXES, "missing_boxes": BOXES_MISSING}
 
@@ -63,6 +73,16 @@ def env_number(name: str, default, kind, env: Mapping[str, str] | None = None):
         raise MoonInputError(f"{name}={value!r}: expected {expected}", field=name) from error
 
 
+def grad_cache_rows(env: Mapping[str, str] | None = None) -> int:
+    """``MOON_GRAD_CACHE_ROWS``: rows per forward chunk of a cached step (0: steps are not cached)."""
+    rows = env_number(GRAD_CACHE_ROWS, 0, int, env)
+    if rows < 0:
+        raise MoonInputError(
+            f"{GRAD_CACHE_ROWS}={rows}: expected a number of rows >= 0 (0: off)", field=GRAD_CACHE_ROWS
+        )
+    return rows
+
+
 def infonce_options(env: Mapping[str, str] | None = None) -> MoonInfoNCEOptions:
     """``moon_infonce``'s options from ``MOON_INFONCE_*`` (defaults where unset)."""
     from ...losses.moon_infonce import MoonInfoNCEOptions
@@ -76,9 +96,16 @@ def infonce_options(env: Mapping[str, str] | None = None) -> MoonInfoNCEOptions:
             queue_max_age=env_number("MOON_INFONCE_QUEUE_MAX_AGE", d.queue_max_age, int, env),
             queue_negatives=env_bool("MOON_INFONCE_QUEUE_NEGATIVES", d.queue_negatives, env),
             queue_start=env_number("MOON_INFONCE_QUEUE_START", d.queue_start, int, env),
+            queue_mode=(env if env is not None else os.environ).get("MOON_INFONCE_QUEUE_MODE", d.queue_mode).strip(),
+            queue_weight=env_number("MOON_INFONCE_QUEUE_WEIGHT", None, float, env),
+            momentum=env_number("MOON_INFONCE_MOMENTUM", d.momentum, float, env),
+            uniformity=env_number("MOON_INFONCE_UNIFORMITY", d.uniformity, float, env),
+            collapse_patience=env_number("MOON_INFONCE_COLLAPSE_PATIENCE", d.collapse_patience, int, env),
         )
     except MoonInputError as error:
-        name = {"temperature": "MOON_INFONCE_TEMPERATURE"}.get(error.field or "", "MOON_INFONCE_QUEUE_*")
+        names = {"temperature": "MOON_INFONCE_TEMPERATURE", "queue_mode": "MOON_INFONCE_QUEUE_MODE",
+                 "momentum": "MOON_INFONCE_MOMENTUM"}  # fmt: skip
+        name = names.get(error.field or "", "MOON_INFONCE_QUEUE_*")
         raise MoonInputError(error.reason, field=name) from error
 
 

@@ -8,10 +8,13 @@ and refuses fp16. For any other model it is swift's ``EmbeddingTrainer`` unchang
 
 from __future__ import annotations
 
+import torch
 from swift.trainers import EmbeddingTrainer
 
+from ...losses.momentum_encoder import trained_identity
 from ...losses.moon_infonce import MOON_INFONCE, MoonInfoNCELoss
 from ...modeling import MoonModel
+from .cached_steps import CachedSteps
 from .callbacks import (
     EmbeddingSettingsCallback,
     MoonMoeCallback,
@@ -20,7 +23,9 @@ from .callbacks import (
     main_loss_factor,
     refuse_fp16,
 )
+from .drift_probe import DriftProbe
 from .lora import train_moon_modules_in_full
+from .momentum import MomentumCallback, MomentumKeys, embed_without_grad, refuse_fp16_with_momentum
 
 
 def is_moon_model(model) -> bool:
@@ -55,12 +60,37 @@ class MoonEmbeddingTrainer(EmbeddingTrainer):
             train_moon_modules_in_full(self.model)  # routers, learned temperature: under LoRA too
             self.add_callback(EmbeddingSettingsCallback(self.args, self))
         self.moe_layers = tuple(guided_moe_layers(self.model))
+        self.cached_steps = CachedSteps.for_trainer(self)  # MOON_GRAD_CACHE_ROWS; refuses --padding_free here
         if self.moe_layers:
             refuse_fp16(self.args)
             if not any(isinstance(callback, MoonMoeCallback) for callback in self.callback_handler.callbacks):
                 self.add_callback(MoonMoeCallback(self.args, self))  # unless --callbacks moon_moe added it
         if callable(getattr(self.embedding_loss, "save_queue", None)):
             self.add_callback(QueueCheckpointCallback(self.args, self))
+        self._setup_temporal_negatives()
+
+    def _setup_temporal_negatives(self) -> None:
+        """moon_infonce's momentum encoder and drift probe (a moon model with ``--loss_type moon_infonce``)."""
+        self.momentum_keys, self.drift_probe = None, None
+        loss = self.embedding_loss
+        if not isinstance(loss, MoonInfoNCELoss):
+            return
+        refuse_fp16_with_momentum(self.args, loss.options)
+        loss.model_identity = trained_identity(self.model)
+        if loss.options.uses_momentum:
+            self.momentum_keys = MomentumKeys(self.args, loss.options.momentum)
+            self.add_callback(MomentumCallback(self.args, self, self.momentum_keys))
+        self.drift_probe = DriftProbe(self.args.logging_steps if self.args.logging_steps >= 1 else 10)
+
+    def _before_training_loss(self, model, inputs) -> None:
+        """What ``moon_infonce`` needs beside the batch's own forward: the momentum encoder's embeddings of the
+        batch (before that forward, so the MoE routing logs stay the trained forward's) and the drift probe."""
+        loss = self.embedding_loss
+        embed = self.cached_steps.embed_without_grad if self.cached_steps is not None else embed_without_grad
+        if self.drift_probe is not None:
+            self.drift_probe.observe(model, inputs, self.state.global_step, self.custom_metrics["train"], embed=embed)
+        if self.momentum_keys is not None and loss.wants_momentum_keys(self.state.global_step):
+            loss.momentum_keys = self.momentum_keys.keys(self.model, model, inputs, embed=embed)
 
     def create_loss_and_eval_metric(self, args):
         if args.loss_type == MOON_INFONCE and args.eval_metric == "paired":
@@ -77,6 +107,11 @@ class MoonEmbeddingTrainer(EmbeddingTrainer):
         scale = main_loss_factor(self, num_items_in_batch)
         for moe in self.moe_layers:
             moe.aux_grad_scale = scale
+        if model.training:
+            self._before_training_loss(model, inputs)
+        if self.cached_steps is not None and model.training and torch.is_grad_enabled():
+            return self.cached_steps.compute_loss(super().compute_loss, model, inputs, return_outputs=return_outputs,
+                                                  num_items_in_batch=num_items_in_batch)  # fmt: skip
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def train(self, *args, **kwargs):
