@@ -12,7 +12,9 @@ Each (batch, variant) runs twice, each time in a fresh subprocess on the CPU. Me
 process's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` once the model, the
 batch, the gradient buffers and a warm-up step of 4 rows are in memory) minus its resident set then; glibc is
 told to return freed blocks (``MALLOC_ENV``), or the resident set would keep what earlier forwards freed.
-Time (glibc as it is, which unmapping would slow down): the faster of two steps, per row of the batch.
+Time (glibc as it is, which unmapping would slow down): the faster of two steps, per row of the batch. One
+intra-op thread: with two on two cores, any other process on the machine stalls every parallel region and
+the times vary several-fold from one step to the next.
 Printed: one line per batch, then the ratios the option is for: the largest cached peak over the smallest
 (goal <= 1.3) and the cached step's time per row over the uncached step's at the same batch (goal <= 1.6).
 """
@@ -77,6 +79,7 @@ def measure(model_dir: str, rows_file: str, samples: int, chunk: int, what: str)
     from moon_swift.losses.moon_infonce import MoonInfoNCELoss
 
     register_all()
+    torch.set_num_threads(1)  # see the module docstring
     torch.manual_seed(0)
     model, processor = get_model_processor(model_dir, model_type="moon", task_type="embedding",
                                            torch_dtype=torch.float32)  # fmt: skip

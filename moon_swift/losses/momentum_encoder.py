@@ -6,8 +6,8 @@ model) "training loss oscillates and fails to converge", which is what a queue o
 moon_infonce. Averaging only the parameters that train keeps the cost where it belongs:
 
 * full training under ZeRO-0/1/2: every rank holds a replicated fp32 average (4 bytes per parameter);
-* ZeRO-3: each rank averages its own shard (``param.ds_tensor``), so the average is sharded like the weights,
-  and the forward gathers the averaged shards exactly as it gathers the live ones;
+* ZeRO-3 (refused by the swift trainer for now): each rank would average its own shard (``param.ds_tensor``),
+  but parameters ZeRO-3 keeps gathered (its persistence threshold) are not swapped reliably yet;
 * LoRA: only the adapters and ``modules_to_save`` train, so only they are averaged (the frozen base is shared).
 
 During the key forward the live values wait in a buffer of the parameters' own dtype (2 bytes per trained

@@ -92,9 +92,10 @@ def test_two_processes_share_keys_and_keep_one_average_each(tiny_moon_dir, rows,
     ("extra", "env", "named"),
     [
         (("--fp16", "true"), {}, ("MOON_INFONCE_QUEUE_MODE=momentum", "--fp16")),
+        (("--deepspeed", "zero3"), {}, ("MOON_INFONCE_QUEUE_MODE=momentum", "--deepspeed zero3")),
         ((), {"MOON_INFONCE_QUEUE_MAX_AGE": "4"}, ("MOON_INFONCE_QUEUE_SIZE=48", "MOON_INFONCE_QUEUE_MAX_AGE=4")),
     ],
-    ids=["momentum-fp16", "queue-longer-than-max-age-fills"],
+    ids=["momentum-fp16", "momentum-zero3", "queue-longer-than-max-age-fills"],
 )
 def test_combinations_that_cannot_work_stop_at_start(tiny_moon_dir, rows, tmp_path, extra, env, named):
     result, _ = sft(tiny_moon_dir, rows, tmp_path / "out", *extra, env=env, check=False)

@@ -52,7 +52,7 @@ def main_loss_factor(trainer, num_items_in_batch) -> float:
     return 1.0 if scaled else 1.0 / steps
 
 
-def _deepspeed_config(args) -> dict:
+def deepspeed_config(args) -> dict:
     config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None) or getattr(args, "deepspeed", None)
     if isinstance(config, str) and os.path.isfile(config):
         with open(config, encoding="utf-8") as file:
@@ -63,7 +63,7 @@ def _deepspeed_config(args) -> dict:
 def refuse_fp16(args) -> None:
     """fp16 mixed precision scales the loss before backward (and unscales the gradients after); the
     gradient the MoE layers inject does not see that scale, so it would be off by the loss scale."""
-    enabled = (_deepspeed_config(args).get("fp16") or {}).get("enabled")
+    enabled = (deepspeed_config(args).get("fp16") or {}).get("enabled")
     if getattr(args, "fp16", False) or enabled is True or str(enabled).lower() == "true":
         raise MoonInputError(
             "a MoE moon model cannot train in fp16: the MoE auxiliary loss's gradient is injected in backward "

@@ -19,6 +19,7 @@ from swift.utils import get_logger as swift_logger
 
 from ...core.errors import MoonInputError
 from ...losses.momentum_encoder import MomentumEncoder
+from .callbacks import deepspeed_config
 
 logger = logging.getLogger("moon_swift")
 
@@ -40,13 +41,24 @@ def embed_without_grad(model, inputs: dict) -> torch.Tensor:
     return model(**model_inputs(inputs))["last_hidden_state"].detach()
 
 
-def refuse_fp16_with_momentum(args, options) -> None:
-    """Stops at start: the momentum encoder is tested in fp32 and bf16 only (its fp32 average is copied into
-    the training weights for every key forward; fp16's loss scaling and skipped steps are not covered)."""
-    if options is not None and options.uses_momentum and getattr(args, "fp16", False):
+def refuse_unsupported_momentum(args, options) -> None:
+    """Stops at start where the momentum encoder is not known to work: fp16 (tested in fp32 and bf16 only: its
+    fp32 average is copied into the training weights for every key forward; fp16's loss scaling and skipped
+    steps are not covered) and ZeRO-3 (its persistent small parameters stay gathered outside the shards the
+    swap replaces: a CPU run failed restoring them)."""
+    if options is None or not options.uses_momentum:
+        return
+    if getattr(args, "fp16", False):
         raise MoonInputError(
             "MOON_INFONCE_QUEUE_MODE=momentum cannot train with --fp16 true: train in bf16 (--bf16 true) or fp32, or "
             "choose MOON_INFONCE_QUEUE_MODE=split",
+            field="MOON_INFONCE_QUEUE_MODE",
+        )
+    stage = (deepspeed_config(args).get("zero_optimization") or {}).get("stage")
+    if str(stage) == "3":
+        raise MoonInputError(
+            "MOON_INFONCE_QUEUE_MODE=momentum is not supported with --deepspeed zero3 yet: train with --deepspeed "
+            "zero2 (the recipes' setting), or set MOON_INFONCE_QUEUE_SIZE=0",
             field="MOON_INFONCE_QUEUE_MODE",
         )
 

@@ -25,7 +25,7 @@ from .callbacks import (
 )
 from .drift_probe import DriftProbe
 from .lora import train_moon_modules_in_full
-from .momentum import MomentumCallback, MomentumKeys, embed_without_grad, refuse_fp16_with_momentum
+from .momentum import MomentumCallback, MomentumKeys, embed_without_grad, refuse_unsupported_momentum
 
 
 def is_moon_model(model) -> bool:
@@ -75,7 +75,7 @@ class MoonEmbeddingTrainer(EmbeddingTrainer):
         loss = self.embedding_loss
         if not isinstance(loss, MoonInfoNCELoss):
             return
-        refuse_fp16_with_momentum(self.args, loss.options)
+        refuse_unsupported_momentum(self.args, loss.options)
         loss.model_identity = trained_identity(self.model)
         if loss.options.uses_momentum:
             self.momentum_keys = MomentumKeys(self.args, loss.options.momentum)
