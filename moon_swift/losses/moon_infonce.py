@@ -27,7 +27,8 @@ into the gradient themselves, so it counts exactly once.
 Spatial negatives: remote embeddings are detached; each rank computes the loss of the whole
 global batch (all anchors), whose gradient with respect to its own embeddings is exactly its
 share of the single-process gradient. DDP and DeepSpeed average gradients over ranks, so the
-gradient (not the logged value) is multiplied by the world size.
+gradient reaching the local embeddings (not the logged value, nor the learned temperature's gradient, which
+every rank computes whole) is multiplied by the world size.
 """
 
 from __future__ import annotations
@@ -342,7 +343,9 @@ class MoonInfoNCELoss(BaseLoss):
         if spatial:
             rank = dist.get_rank()
             all_embeddings = _gather(embeddings.detach(), world_size)
-            all_embeddings[rank] = embeddings  # only the local slice carries gradient
+            # only the local slice carries gradient, scaled by the world size (see the module docstring); the
+            # learned temperature's gradient is not: every rank computes it whole, and averaging keeps it so
+            all_embeddings[rank] = _ScaleGradient.apply(embeddings, float(world_size))
             all_groups = _gather(groups, world_size)
             all_labels = _gather(labels.to(embeddings.device).float(), world_size)
             all_keys = _gather(keys, world_size) if keys is not None else None
@@ -406,8 +409,6 @@ class MoonInfoNCELoss(BaseLoss):
                                               past, queued[1], temperature)  # fmt: skip
                 part = part + queue_weight * term + self.options.uniformity * uniformity_loss(candidates)
             loss = weight * part if loss is None else loss + weight * part
-        if spatial:
-            loss = _ScaleGradient.apply(loss, float(world_size))
 
         stats = monitors(flat[anchor_rows], flat[product_rows], product_groups, positive_index, queued)
         if queued is not None and self.collapse.observe(stats, step):

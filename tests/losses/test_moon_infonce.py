@@ -192,22 +192,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LOGIT_SCALE = math.log(1 / 0.1)
+
+
 def _rank_step(rank, world_size, port, embeddings, labels_per_rank, rows_per_rank, groups, weight, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         start = sum(rows_per_rank[:rank])
         w = weight.clone().requires_grad_()
+        scale = torch.tensor(LOGIT_SCALE, dtype=torch.float64, requires_grad=True)  # a learned temperature
         local = F.normalize(embeddings[start : start + rows_per_rank[rank]] @ w, dim=-1)
         loss_fn = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=None), TrainerDouble())
         local_groups = groups[start : start + rows_per_rank[rank]]
-        loss = loss_fn({"last_hidden_state": local, "group_ids": local_groups}, labels_per_rank[rank])
+        outputs = {"last_hidden_state": local, "group_ids": local_groups, "logit_scale": scale}
+        loss = loss_fn(outputs, labels_per_rank[rank])
         loss.backward()
-        grad = w.grad.clone()
-        dist.all_reduce(grad)  # what DDP / DeepSpeed do: average the ranks' gradients
-        grad /= world_size
+        grads = [w.grad.clone(), scale.grad.clone()]
+        for grad in grads:
+            dist.all_reduce(grad)  # what DDP / DeepSpeed do: average the ranks' gradients
+            grad /= world_size
         if rank == 0:
-            torch.save({"loss": loss.detach(), "grad": grad}, out)
+            torch.save({"loss": loss.detach(), "grad": grads[0], "scale_grad": grads[1]}, out)
     finally:
         dist.destroy_process_group()
 
@@ -226,13 +232,15 @@ def test_two_processes_with_spatial_negatives_equal_one_process_on_the_whole_bat
     distributed = torch.load(out)
 
     w = weight.clone().requires_grad_()
+    scale = torch.tensor(LOGIT_SCALE, dtype=torch.float64, requires_grad=True)
     single = MoonInfoNCELoss(SimpleNamespace(resume_from_checkpoint=None), TrainerDouble())
-    outputs = {"last_hidden_state": F.normalize(features @ w, dim=-1), "group_ids": groups}
+    outputs = {"last_hidden_state": F.normalize(features @ w, dim=-1), "group_ids": groups, "logit_scale": scale}
     loss = single(outputs, torch.cat(labels_per_rank))
     assert single.trainer.custom_metrics["train"]["moon_infonce/false_negatives_masked"].values == [1.0]
     loss.backward()
     torch.testing.assert_close(distributed["loss"], loss.detach())
     torch.testing.assert_close(distributed["grad"], w.grad)
+    torch.testing.assert_close(distributed["scale_grad"], scale.grad)  # not world-size times it
 
 
 def test_a_learned_temperature_is_used_and_trained(monkeypatch):
