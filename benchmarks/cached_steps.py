@@ -30,20 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from process_memory import status_bytes
+
 ROWS_PER_SAMPLE = 4
 SHARED_DATA = Path(os.environ.get("MOON_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CATALOG = SHARED_DATA / "fashion-catalog-dev"
 #: glibc serves allocations from 64 KiB up with mmap and unmaps them on free, so the resident set follows live
 #: memory (freed heap blocks would otherwise stay resident and count in every later peak)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def prepare(workdir: Path, samples: int) -> tuple[Path, Path]:
@@ -108,9 +102,9 @@ def measure(model_dir: str, rows_file: str, samples: int, chunk: int, what: str)
         return {"seconds": min(step(batch), step(batch)), "rows": rows_in_batch}
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current resident set
-    before = _status("VmRSS")
+    before = status_bytes("VmRSS")
     step(batch)
-    return {"peak_mib": (_status("VmHWM") - before) / 2**20, "rows": rows_in_batch}
+    return {"peak_mib": (status_bytes("VmHWM") - before) / 2**20, "rows": rows_in_batch}
 
 
 def main() -> None:

@@ -17,13 +17,7 @@ import subprocess
 import sys
 import time
 
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+from process_memory import status_bytes
 
 
 def float_copy_mean_pool(hidden, mask):
@@ -44,12 +38,12 @@ def measure(variant: str, rows: int, tokens: int, hidden_size: int) -> dict:
     mask[: rows // 2, tokens // 2 :] = 0  # half the rows padded to half length
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current resident set
-    before = _status("VmRSS")
+    before = status_bytes("VmRSS")
     start = time.perf_counter()
     pooled = pool(hidden, mask)
     pooled.square().sum().backward()
     seconds = time.perf_counter() - start
-    return {"peak_mib": (_status("VmHWM") - before) / 2**20, "seconds": seconds, "dtype": str(pooled.dtype)}
+    return {"peak_mib": (status_bytes("VmHWM") - before) / 2**20, "seconds": seconds, "dtype": str(pooled.dtype)}
 
 
 def main() -> None:

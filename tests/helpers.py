@@ -40,6 +40,24 @@ TWO_SGD_STEPS = ("--max_steps", "2", "--logging_steps", "1", "--save_strategy", 
                  "--max_grad_norm", "0")  # fmt: skip
 
 
+#: the moon_infonce / infonce settings of the gradient comparisons: spatial negatives on, no queue
+COMPARED_LOSS_ENV = {"MOON_INFONCE_SPATIAL": "true", "MOON_INFONCE_QUEUE_SIZE": "0", "INFONCE_USE_BATCH": "true"}
+
+
+def rows_with_two_negatives(root: Path, count: int = 8) -> Path:
+    """``root/rows.jsonl``: the first ``count`` rows of the dev catalog's ``prepare-data --hard-negatives 2`` that
+    have both negatives (the gradient comparisons need every row the same shape)."""
+    command = [str(Path(swift_executable()).with_name("moon-swift")), "prepare-data", "--catalog", str(FASHION_CATALOG),
+               "--out", str(root / "data"), "--limit", "16", "--hard-negatives", "2"]  # fmt: skip
+    result = run_cli(command)
+    assert result.returncode == 0, result.stdout[-3000:]
+    lines = (root / "data" / "train.jsonl").read_text().splitlines()
+    rows = [line for line in lines if len(json.loads(line).get("negative_messages") or []) == 2][:count]
+    assert len(rows) == count
+    (root / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    return root / "rows.jsonl"
+
+
 def logged_steps(out: Path) -> list[dict]:
     """The per-step entries of a run's ``logging.jsonl`` (loss, grad_norm, ...)."""
     entries = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]

@@ -90,3 +90,15 @@ def test_the_advertised_queue_is_all_usable_at_the_recipes_batch(recipe):
     size, age = int(env["MOON_INFONCE_QUEUE_SIZE"]), int(env["MOON_INFONCE_QUEUE_MAX_AGE"])
     assert size > 0 and age * products_per_step >= size, (size, age, products_per_step)
     assert env["MOON_INFONCE_QUEUE_MODE"] in ("momentum", "split")  # not the single softmax that collapses
+
+
+def test_upcycles_memory_plan_defaults_are_the_3b_recipes():
+    """`moon-swift upcycle` estimates memory for recipes/moon_3b.yaml unless told otherwise."""
+    from moon_swift.apps.cli import build_parser
+
+    config = yaml.safe_load((REPO_ROOT / "recipes" / "moon_3b.yaml").read_text())
+    args = build_parser().parse_args(["upcycle", "--base", "b", "--out", "o"])
+    assert args.plan_gpus == int(config["ENV"]["NPROC_PER_NODE"])
+    assert args.plan_rows == config["per_device_train_batch_size"] and args.plan_tokens == config["max_length"]
+    assert args.plan_negatives == 1 and "--hard-negatives 1" in (REPO_ROOT / "recipes" / "moon_3b.yaml").read_text()
+    assert args.plan_momentum == (config["ENV"]["MOON_INFONCE_QUEUE_MODE"] == "momentum")

@@ -75,6 +75,46 @@ def cmd_upcycle(args: argparse.Namespace) -> None:
 
     files = upcycle(args.base, args.out, noise=args.noise, seed=args.seed, **_moe_options(args))
     _print_written(files, f"a MOON checkpoint upcycled from {args.base}", Path(args.out))
+    from ..modeling.configuration_moon import MoonConfig
+
+    _print_sizes(MoonConfig.from_pretrained(args.out), args)
+
+
+def _print_sizes(config, args: argparse.Namespace) -> None:
+    """Parameters and the training memory per GPU a run of it needs (the plan: the ``--plan-*`` options)."""
+    from ..modeling.sizes import TrainingPlan, memory_lines, parameter_counts
+
+    counts = parameter_counts(config)
+    plan = TrainingPlan(gpus=args.plan_gpus, rows_per_gpu=args.plan_rows, products_per_row=2 + args.plan_negatives,
+                        tokens=args.plan_tokens, momentum=args.plan_momentum)  # fmt: skip
+    print("\n".join(counts.lines() + memory_lines(counts, config, plan)))
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """What ``upcycle`` prints about sizes, from a ``config.json`` alone (no weights read or written)."""
+    from ..modeling.configuration_moon import MoonConfig
+    from ..modeling.upcycle import moon_config_from_base, read_model_type
+
+    folder = Path(args.model)
+    if read_model_type(folder) == "moon":
+        if _moe_options(args):
+            raise MoonInputError("a MOON checkpoint keeps its own MoE layers and temperature: give --moe-layers or "
+                                 "--learnable-temperature with a base model", file=str(folder / "config.json"),
+                                 field="--moe-layers")  # fmt: skip
+        config = MoonConfig.from_pretrained(folder)
+    else:
+        config = moon_config_from_base(folder, **_moe_options(args))
+    _print_sizes(config, args)
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training plan of the memory estimate (default: recipes/moon_3b.yaml)")
+    group.add_argument("--plan-gpus", type=int, default=8, help="GPUs (data-parallel processes)")
+    group.add_argument("--plan-rows", type=int, default=32, help="rows per GPU and step (per_device_train_batch_size)")
+    group.add_argument("--plan-negatives", type=int, default=1, help="hard negatives per row (prepare-data)")
+    group.add_argument("--plan-tokens", type=int, default=2048, help="tokens per sequence (upper bound: max_length)")
+    group.add_argument("--plan-momentum", action=argparse.BooleanOptionalAction, default=True,
+                       help="moon_infonce's momentum queue (an fp32 average of the model)")  # fmt: skip
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
@@ -91,9 +131,10 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     kinds = [kind.strip() for kind in args.catalog_pairs.split(",") if kind.strip()]
     encoder = _encoder(args, args.mine_with) if args.mine_with and args.hard_negatives else None
     report = prepare_data(records, pairs, args.out, catalog_pairs=kinds, val_fraction=args.val_fraction,
-                          hard_negatives=args.hard_negatives, seed=args.seed, mine_with=encoder)  # fmt: skip
+                          hard_negatives=args.hard_negatives, seed=args.seed, mine_with=encoder,
+                          mine_search=args.mine_search)  # fmt: skip
     if encoder is not None:
-        report.negatives_how = f"mined with {args.mine_with}"
+        report.negatives_how += f" with {args.mine_with}"
     print(f"read {len(records)} products" + (f" and {len(pairs)} behaviour pairs" if pairs else "")
           + f" from {args.catalog}")  # fmt: skip
     print("\n".join(report.lines()))
@@ -382,7 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_moe_arguments(p)
     p.add_argument("--noise", type=float, default=0.0, help="expert init noise, in units of each weight's std")
     p.add_argument("--seed", type=int, default=0, help="seed of the router init and the noise")
+    _add_plan_arguments(p)
     p.set_defaults(func=cmd_upcycle)
+
+    p = sub.add_parser("plan", help="parameters and training memory per GPU of a MOON model, from its config alone")
+    p.add_argument("model", help="a base (Qwen2.5-VL / Qwen2-VL) or MOON checkpoint folder; only config.json is read")
+    _add_moe_arguments(p)
+    _add_plan_arguments(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("prepare-data", help="catalog (+ behaviour pairs) -> swift embedding rows + held-out products")
     p.add_argument("--catalog", required=True, help="the catalog: a file or directory, see --format")
@@ -400,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction, split by product id")
     p.add_argument("--hard-negatives", type=int, default=0, help="explicit negatives per row (same category)")
     p.add_argument("--mine-with", help="MOON checkpoint to mine the hard negatives with (nearest other products)")
+    p.add_argument(
+        "--mine-search",
+        choices=["exact", "hnsw"],
+        default="exact",
+        help="nearest-neighbour search for --mine-with: exact (faiss top-k) or hnsw (approximate)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")
     _add_model_arguments(p, what="--mine-with")
     p.set_defaults(func=cmd_prepare_data)

@@ -77,6 +77,12 @@ class TinySpec:
     extra_config: dict = field(default_factory=dict)
 
 
+#: Qwen2.5-VL-3B-Instruct's sizes: a randomly initialised model of the real scale, built without a download
+QWEN2_5_VL_3B = TinySpec(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                         num_key_value_heads=2, vision_depth=32, vision_hidden_size=1280, vision_intermediate_size=3420,
+                         vision_num_heads=16)  # fmt: skip
+
+
 def _byte_level_vocab() -> dict[str, int]:
     """GPT-2 byte-to-unicode alphabet (ids 0..255) plus the Qwen special tokens at their real ids."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

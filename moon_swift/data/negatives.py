@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,14 +18,21 @@ def group_of(record: ProductRecord) -> str:
 def category_negatives(records: Sequence[ProductRecord], k: int, seed: int = 0) -> list[list[ProductRecord]]:
     """For each record, up to ``k`` products of its leaf category, topped up from the parent level.
 
-    Never the product itself or another product of its group. Draws depend only on ``seed`` and
-    the product id (not on row order), so a rerun or a re-sorted catalog gives the same negatives.
-    Rows that find fewer than ``k`` are kept with what there is and counted in the log.
+    Never the product itself or another product of its group. Draws depend only on ``seed``, the product id
+    and the catalog (each category's products in id order), not on row order, so a rerun or a re-sorted
+    catalog gives the same negatives. Each record costs O(k) expected (random picks from its category, not a
+    shuffle of it), so a million-product catalog takes time linear in its size, unless a category holds fewer
+    than about ``k`` products outside a record's group: such records scan their category. Rows that find fewer
+    than ``k`` are kept with what there is and counted in the log.
     """
+    if k <= 0:
+        return [[] for _ in records]
     by_path: dict[tuple[str, ...], list[ProductRecord]] = defaultdict(list)
     for record in records:
         for depth in range(1, len(record.category_path) + 1):
             by_path[tuple(record.category_path[:depth])].append(record)
+    for pool in by_path.values():
+        pool.sort(key=lambda r: r.product_id)
     result, short = [], 0
     for record in records:
         rng = random.Random(f"{seed}:{record.product_id}")
@@ -33,11 +40,7 @@ def category_negatives(records: Sequence[ProductRecord], k: int, seed: int = 0) 
         taken = {group_of(record)}
         path = tuple(record.category_path)
         for depth in range(len(path), 0, -1):  # leaf first, then the parent levels
-            pool = sorted((r for r in by_path[path[:depth]] if group_of(r) not in taken), key=lambda r: r.product_id)
-            rng.shuffle(pool)
-            for candidate in pool[: k - len(chosen)]:
-                chosen.append(candidate)
-                taken.add(group_of(candidate))
+            _draw_into(chosen, by_path[path[:depth]], k, taken, rng)
             if len(chosen) == k:
                 break
         short += len(chosen) < k
@@ -48,19 +51,108 @@ def category_negatives(records: Sequence[ProductRecord], k: int, seed: int = 0) 
     return result
 
 
+def _draw_into(chosen: list[ProductRecord], pool: list[ProductRecord], k: int, taken: set[str],
+               rng: random.Random) -> None:  # fmt: skip
+    """Add distinct members of ``pool`` whose group is not ``taken`` to ``chosen`` until it holds ``k``.
+
+    Random picks without replacement; where they keep missing (a small pool, or one mostly of taken groups)
+    the members not tried yet are scanned in random order, so every eligible member can be found."""
+    need = k - len(chosen)
+    tried: set[int] = set()
+    if len(pool) > 4 * need:
+        for _ in range(4 * need + 16):
+            index = rng.randrange(len(pool))
+            if index in tried:
+                continue
+            tried.add(index)
+            if _take(pool[index], chosen, taken) and len(chosen) == k:
+                return
+    rest = [index for index in range(len(pool)) if index not in tried]
+    rng.shuffle(rest)
+    for index in rest:
+        if _take(pool[index], chosen, taken) and len(chosen) == k:
+            return
+
+
+def _take(candidate: ProductRecord, chosen: list[ProductRecord], taken: set[str]) -> bool:
+    group = group_of(candidate)
+    if group in taken:
+        return False
+    chosen.append(candidate)
+    taken.add(group)
+    return True
+
+
+MINING_SEARCHES = ("exact", "hnsw")
+#: HNSW graph degree and construction depth (faiss's defaults for the latter), search depth at least
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 128
+
+
+def check_mining_search(how: str) -> str:
+    if how not in MINING_SEARCHES:
+        raise ValueError(f"mining search must be one of {MINING_SEARCHES}, got {how!r}")
+    return how
+
+
+def _nearest(vectors: np.ndarray, how: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``search(queries, depth) -> ids`` (best first, -1 = none) over ``vectors`` by inner product: faiss's
+    exact ``knn`` (searches ``vectors`` in place, no index copy) or an HNSW graph (approximate, built once)."""
+    import faiss
+
+    if how == "exact":
+        return lambda queries, depth: faiss.knn(queries, vectors, depth, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(vectors)
+
+    def search(queries: np.ndarray, depth: int) -> np.ndarray:
+        index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * depth)
+        return index.search(queries, depth)[1]
+
+    return search
+
+
 def mined_negatives(
-    records: Sequence[ProductRecord], embeddings: np.ndarray, k: int, *, chunk: int = 4096
+    records: Sequence[ProductRecord], embeddings: np.ndarray, k: int, *, chunk: int = 4096, search: str = "exact"
 ) -> list[list[ProductRecord]]:
-    """For each record, the ``k`` most similar other-group products by inner product of ``embeddings``."""
+    """For each record, the ``k`` most similar other-group products by inner product of ``embeddings``.
+
+    ``search``: ``exact`` (faiss top-k: O(N^2) work) or ``hnsw`` (approximate nearest neighbours; on random
+    embeddings, the hardest case, ``benchmarks/catalog_scale.py`` measured it slower than exact at 100k
+    products and finding 41% of the exact negatives, so it is not the default). ``chunk`` queries at a time: memory
+    is the embeddings (plus the graph) and ``chunk x depth`` results, not ``chunk x products`` scores.
+    ``depth`` leaves room for the record's own group (which can hold the nearest hits); rows whose group took
+    more are searched again, exactly and as deep as their group needs, in batches of at most ``chunk x depth``
+    results."""
     if len(records) != len(embeddings):
         raise ValueError(f"{len(records)} records but {len(embeddings)} embeddings")
-    groups = np.array([group_of(r) for r in records])
-    result = []
+    if not records or k <= 0:
+        return [[] for _ in records]
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    nearest = _nearest(vectors, check_mining_search(search))
+    _, groups = np.unique(np.array([group_of(r) for r in records], dtype=object), return_inverse=True)
+    group_sizes = np.bincount(groups)
+    depth = min(len(records), k + min(int(group_sizes.max()), 64))
+    picked: list[list[int]] = []
     for start in range(0, len(records), chunk):
-        scores = embeddings[start : start + chunk] @ embeddings.T
-        same = groups[start : start + chunk, None] == groups[None, :]
-        scores[same] = -np.inf
-        top = np.argsort(-scores, axis=1)[:, :k]
-        for row, indices in enumerate(top):
-            result.append([records[i] for i in indices if np.isfinite(scores[row, i])])
-    return result
+        found = nearest(vectors[start : start + chunk], depth)
+        picked += [_other_group(hits, groups, row, k) for row, hits in enumerate(found, start=start)]
+    # rows whose own group filled the first `depth` hits (or an approximate search came back short): searched
+    # again exactly, as deep as their group needs, largest groups first so each batch's depth is its first row's
+    short = sorted((row for row, hits in enumerate(picked) if len(hits) < k and depth < len(records)),
+                   key=lambda row: -group_sizes[groups[row]])  # fmt: skip
+    budget = chunk * depth  # result entries per search, as above
+    exact = _nearest(vectors, "exact") if search != "exact" else nearest
+    while short:
+        deeper = min(len(records), k + int(group_sizes[groups[short[0]]]))
+        size = max(1, budget // deeper)
+        rows, short = short[:size], short[size:]
+        for row, hits in zip(rows, exact(vectors[rows], deeper), strict=True):
+            picked[row] = _other_group(hits, groups, row, k)
+    return [[records[i] for i in hits] for hits in picked]
+
+
+def _other_group(hits: np.ndarray, groups: np.ndarray, row: int, k: int) -> list[int]:
+    """The first ``k`` of ``hits`` (faiss ids, best first; -1 = none) outside ``row``'s group."""
+    hits = hits[hits >= 0]
+    return hits[groups[hits] != groups[row]][:k].tolist()

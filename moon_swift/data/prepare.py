@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .catalog_files import QueryPair
-from .negatives import category_negatives, mined_negatives
+from .negatives import category_negatives, check_mining_search, mined_negatives
 from .records import ProductRecord
 from .swift_rows import (
     behaviour_rows,
@@ -95,23 +95,27 @@ def prepare_data(
     hard_negatives: int = 0,
     seed: int = 0,
     mine_with: ProductEmbedder | None = None,
+    mine_search: str = "exact",
 ) -> PrepareReport:
     """Write ``train.jsonl`` (+ ``train_products.jsonl``, ``val_products.jsonl``, and ``val_pairs.jsonl``
     with pairs) into ``out``. ``mine_with``: hard negatives are that model's nearest other products
-    instead of same-category draws."""
+    instead of same-category draws, found by ``mine_search`` (``exact`` or ``hnsw``, see
+    :func:`~moon_swift.data.negatives.mined_negatives`)."""
     out = Path(out)
     train, val = split_records(records, val_fraction)
     negatives = None
     if hard_negatives:
         if mine_with is not None:
+            check_mining_search(mine_search)  # a wrong choice stops before the encoding
             embeddings = mine_with.encode_products(train, desc="mining negatives")
-            negatives = mined_negatives(train, embeddings, hard_negatives)
+            negatives = mined_negatives(train, embeddings, hard_negatives, search=mine_search)
         else:
             negatives = category_negatives(train, hard_negatives, seed=seed)
     report = PrepareReport(out, len(records), len(pairs), 0, "", len(train), len(val), val_fraction)
     if negatives is not None:
         report.hard_negatives = [len(n) for n in negatives]
-        report.negatives_how = "mined" if mine_with is not None else "same category, then parent category"
+        mined = f"mined ({mine_search} search)"
+        report.negatives_how = mined if mine_with is not None else "same category, then parent category"
     if pairs:
         by_id = {r.product_id: r for r in records}
         by_train_id = dict(zip([r.product_id for r in train], negatives, strict=True)) if negatives else None

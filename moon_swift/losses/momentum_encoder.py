@@ -6,8 +6,10 @@ model) "training loss oscillates and fails to converge", which is what a queue o
 moon_infonce. Averaging only the parameters that train keeps the cost where it belongs:
 
 * full training under ZeRO-0/1/2: every rank holds a replicated fp32 average (4 bytes per parameter);
-* ZeRO-3 (refused by the swift trainer for now): each rank would average its own shard (``param.ds_tensor``),
-  but parameters ZeRO-3 keeps gathered (its persistence threshold) are not swapped reliably yet;
+* ZeRO-3: each rank averages its own partition (``param.ds_tensor``), as swift shards a reference model. For
+  the swap every gathered parameter is released first and again after the key forward (``release``), so that
+  forward gathers the averaged partitions and the next trained forward the live ones; this includes the small
+  parameters ZeRO-3 otherwise keeps gathered between steps (its persistence threshold);
 * LoRA: only the adapters and ``modules_to_save`` train, so only they are averaged (the frozen base is shared).
 
 During the key forward the live values wait in a buffer of the parameters' own dtype (2 bytes per trained
@@ -17,7 +19,7 @@ parameter in bf16), and are copied back before anything else runs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -27,10 +29,15 @@ from ..core.errors import MoonInputError
 
 
 def _local(param: nn.Parameter) -> torch.Tensor:
-    """The values of ``param`` this rank owns: its ZeRO-3 shard, or the parameter itself (ZeRO-3 keeps
-    parameters under its persistence threshold whole on every rank and never re-gathers them)."""
+    """The values of ``param`` this rank owns and its optimizer updates: the ZeRO-3 partition (from which every
+    gathered copy is built, the persistent parameters' included), or the parameter itself."""
     shard = getattr(param, "ds_tensor", None)
-    return shard if shard is not None and not getattr(param, "ds_persist", False) else param.data
+    return shard if shard is not None else param.data
+
+
+def is_partitioned(param: nn.Parameter) -> bool:
+    """Whether ``param`` is a ZeRO-3 parameter (its values live in per-rank partitions)."""
+    return getattr(param, "ds_tensor", None) is not None
 
 
 def trained_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -65,6 +72,7 @@ class MomentumEncoder:
         if not self.params:
             raise MoonInputError("the model has no trained parameters to average", field="momentum")
         self.averages = [_local(param).detach().float().clone() for param in self.params]
+        self.partitioned = any(is_partitioned(param) for param in self.params)
         self.updates = 0
 
     @property
@@ -84,8 +92,17 @@ class MomentumEncoder:
         self.updates += 1
 
     @contextmanager
-    def swapped_in(self) -> Iterator[None]:
-        """The averaged values in the model (no gradient) for the duration of the block; live ones after."""
+    def swapped_in(self, release: Callable[[], None] | None = None) -> Iterator[None]:
+        """The averaged values in the model (no gradient) for the duration of the block; live ones after.
+
+        Under ZeRO-3 ``release`` must free every gathered parameter (DeepSpeed's ``empty_partition_cache``): it
+        runs before the partitions are swapped and again before they are restored, since a parameter left
+        gathered would keep the values it was gathered with (the live ones in the key forward, the averages in
+        the trained forward after it)."""
+        if self.partitioned and release is None:
+            raise ValueError("a ZeRO-3 model's momentum swap needs release= (DeepSpeed's empty_partition_cache)")
+        if release is not None:
+            release()
         saved = [_local(p).clone() for p in self.params]
         try:
             with torch.no_grad():  # a graph through swapped weights would give their gradient to the live ones
@@ -93,9 +110,13 @@ class MomentumEncoder:
                     _local(param).copy_(average)
                 yield
         finally:
-            with torch.no_grad():
-                for param, value in zip(self.params, saved, strict=True):
-                    _local(param).copy_(value)
+            try:
+                if release is not None:
+                    release()
+            finally:
+                with torch.no_grad():
+                    for param, value in zip(self.params, saved, strict=True):
+                        _local(param).copy_(value)
 
     def state_dict(self) -> dict:
         return {"momentum": self.momentum, "identity": self.identity, "names": self.names, "updates": self.updates,

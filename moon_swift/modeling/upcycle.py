@@ -22,14 +22,20 @@ _BASE_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Q
 _NOT_COPIED = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
 
 
-def read_base_model_type(base_dir: Path) -> str:
-    config_path = base_dir / "config.json"
+def read_model_type(folder: Path) -> str | None:
+    """``model_type`` of the checkpoint folder's ``config.json``; errors name the file."""
+    config_path = folder / "config.json"
     if not config_path.is_file():
         raise MoonInputError("no config.json: not a model checkpoint directory", file=str(config_path))
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+        return json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
     except json.JSONDecodeError as error:
         raise MoonInputError(f"config.json is not valid JSON ({error})", file=str(config_path)) from error
+
+
+def read_base_model_type(base_dir: Path) -> str:
+    config_path = base_dir / "config.json"
+    model_type = read_model_type(base_dir)
     if model_type not in SUPPORTED_BASE_MODEL_TYPES:
         raise MoonInputError(
             f"base model_type is {model_type!r}; MOON upcycles Qwen2.5-VL or Qwen2-VL checkpoints "

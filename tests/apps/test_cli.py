@@ -15,7 +15,7 @@ def test_a_command_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
     assert os.environ["LOG_LEVEL"] == "DEBUG"
 
 
-def test_make_tiny_and_upcycle_flags_reach_the_config(tmp_path):
+def test_make_tiny_and_upcycle_flags_reach_the_config(tmp_path, capsys):
     import json
     import math
 
@@ -28,3 +28,27 @@ def test_make_tiny_and_upcycle_flags_reach_the_config(tmp_path):
     assert config["learnable_temperature"] and config["init_temperature"] == 0.1 and config["moe_layers"] == [0, 1]
     logit_scale = load_file(tmp_path / "moon" / "model.safetensors")["temperature.logit_scale"]
     assert abs(logit_scale.item() - math.log(1 / 0.1)) < 1e-6  # initialised, not left on the meta device
+    printed = capsys.readouterr().out
+    assert "guided-MoE layers)" in printed and "2 guided-MoE layers" in printed
+    assert "8 GPUs, 32 rows per GPU x 3 sequences" in printed and "at 2048 tokens" in printed  # the 3B recipe's
+    assert "ZeRO-2:" in printed and "ZeRO-3:" in printed
+
+
+def test_plan_reads_a_config_alone_and_refuses_moe_options_for_a_moon_checkpoint(tmp_path, capsys):
+    import pytest
+
+    from moon_swift.core.errors import MoonInputError
+
+    assert main(["make-tiny", str(tmp_path / "base"), "--as-base", "qwen2_5_vl"]) == 0
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["plan", str(config_only), "--moe-layers", "all", "--plan-gpus", "2", "--no-plan-momentum"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 guided-MoE layers" in printed and "2 GPUs" in printed and "momentum average 0.0" in printed
+    assert main(["make-tiny", str(tmp_path / "moon"), "--moe-layers", "all"]) == 0
+    with pytest.raises(MoonInputError, match="keeps its own MoE layers"):
+        from moon_swift.apps.cli import build_parser, cmd_plan
+
+        cmd_plan(build_parser().parse_args(["plan", str(tmp_path / "moon"), "--moe-layers", "all"]))

@@ -48,3 +48,69 @@ def test_mined_negatives_are_nearest_other_group_products():
     mined = mined_negatives(records, embeddings, k=2)
     assert [r.product_id for r in mined[1]] == ["s0", "s3"]  # s2 is the same group: never a negative
     assert [r.product_id for r in mined[0]] == ["s2", "s1"]
+
+
+def _big_catalog(products: int, groups_of: int = 1) -> list[ProductRecord]:
+    records = [ProductRecord(f"p{i:05d}", "", [], ["Apparel", "Topwear", "Tshirts"]) for i in range(products)]
+    for i, record in enumerate(records):
+        record.group_id = f"g{i // groups_of}"
+    return records
+
+
+def test_draws_from_a_large_category_are_distinct_other_groups_and_row_order_free():
+    records = _big_catalog(2000, groups_of=3)
+    drawn = category_negatives(records, k=5, seed=1)
+    for record, chosen in zip(records, drawn, strict=True):
+        groups = [c.group_id for c in chosen]
+        assert len(groups) == 5 == len(set(groups)) and record.group_id not in groups
+    shuffled = records[1::2] + records[::2]
+    again = dict(zip([r.product_id for r in shuffled], category_negatives(shuffled, k=5, seed=1), strict=True))
+    assert all([c.product_id for c in again[r.product_id]] == [c.product_id for c in n]
+               for r, n in zip(records, drawn, strict=True))  # fmt: skip
+    firsts = {n[0].product_id for n in drawn}
+    assert len(firsts) > 1000  # spread over the category, not the same few products for everyone
+
+
+def test_every_eligible_product_is_found_where_the_own_group_fills_the_category():
+    records = _big_catalog(200)
+    for record in records[:195]:
+        record.group_id = "one-big-group"  # random picks nearly always hit it
+    drawn = category_negatives(records, k=8, seed=0)
+    assert sorted(c.product_id for c in drawn[0]) == [r.product_id for r in records[195:]]  # all 5 there are
+
+
+def _brute_force_mined(records, embeddings, k):
+    groups = np.array([r.group_id or r.product_id for r in records])
+    scores = embeddings @ embeddings.T
+    scores[groups[:, None] == groups[None, :]] = -np.inf
+    return [[records[i].product_id for i in np.argsort(-row)[:k] if np.isfinite(row[i])] for row in scores]
+
+
+def test_mined_negatives_equal_brute_force_top_k_also_past_a_large_group():
+    rng = np.random.default_rng(0)
+    records = _big_catalog(600, groups_of=2)
+    for record in records[:150]:
+        record.group_id = "large"  # more than the first search's room for the own group (64)
+    embeddings = rng.standard_normal((600, 16)).astype(np.float32)
+    embeddings[:150] += 3.0  # the large group's members are each other's nearest neighbours
+    mined = mined_negatives(records, embeddings, k=4, chunk=128)
+    assert [[c.product_id for c in n] for n in mined] == _brute_force_mined(records, embeddings, 4)
+
+
+def test_hnsw_mining_finds_nearly_the_exact_neighbours_on_clustered_embeddings():
+    rng = np.random.default_rng(1)
+    records = _big_catalog(2000, groups_of=2)
+    centres = rng.standard_normal((40, 16))
+    embeddings = (centres[np.arange(2000) % 40] + 0.3 * rng.standard_normal((2000, 16))).astype(np.float32)
+    exact = _brute_force_mined(records, embeddings, 4)
+    approximate = [[c.product_id for c in n] for n in mined_negatives(records, embeddings, k=4, search="hnsw")]
+    found = sum(len(set(a) & set(e)) for a, e in zip(approximate, exact, strict=True)) / (4 * len(records))
+    assert found >= 0.95, found
+    assert all(r.group_id not in {f"g{int(p[1:]) // 2}" for p in a} for r, a in zip(records, approximate, strict=True))
+
+
+def test_no_negatives_asked_or_no_products_give_empty_lists():
+    records = _catalog()
+    assert category_negatives(records, k=0) == [[] for _ in records]
+    assert mined_negatives(records, np.eye(len(records)), k=0) == [[] for _ in records]
+    assert mined_negatives([], np.zeros((0, 4)), k=3) == []

@@ -15,13 +15,21 @@ adapters' B matrices) <= 6.5e-7, the learned temperature's update <= 3.1e-6.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import FASHION_CATALOG, REPO_ROOT, TWO_SGD_STEPS, logged_steps, relative, run_cli, swift_executable
+from helpers import (
+    COMPARED_LOSS_ENV,
+    REPO_ROOT,
+    TWO_SGD_STEPS,
+    logged_steps,
+    relative,
+    rows_with_two_negatives,
+    run_cli,
+    swift_executable,
+)
 from safetensors.torch import load_file
 
 from moon_swift.apps.tiny_model import make_tiny
@@ -30,7 +38,7 @@ from moon_swift.modeling.upcycle import upcycle
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
-ENV = {"MOON_INFONCE_SPATIAL": "true", "MOON_INFONCE_QUEUE_SIZE": "0", "INFONCE_USE_BATCH": "true"}
+ENV = COMPARED_LOSS_ENV
 CACHED = {"MOON_GRAD_CACHE_ROWS": "5"}
 
 
@@ -40,13 +48,7 @@ def setup(tmp_path_factory) -> dict:
     make_tiny(root / "base", seed=2, as_base=True)
     upcycle(root / "base", root / "model", noise=0.01, moe_layers="all", num_experts=4, moe_top_k=2,
             moe_aux_loss_coef=0.0, moe_z_loss_coef=0.0, learnable_temperature=True, init_temperature=0.07)  # fmt: skip
-    command = [str(Path(swift_executable()).with_name("moon-swift")), "prepare-data", "--catalog", str(FASHION_CATALOG),
-               "--out", str(root / "data"), "--limit", "16", "--hard-negatives", "2"]  # fmt: skip
-    assert run_cli(command).returncode == 0
-    lines = (root / "data" / "train.jsonl").read_text().splitlines()
-    rows = [line for line in lines if len(json.loads(line).get("negative_messages") or []) == 2][:8]
-    assert len(rows) == 8
-    (root / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    rows_with_two_negatives(root)
     recipe = yaml.safe_load((REPO_ROOT / "recipes" / "tiny_cpu.yaml").read_text())  # ZeRO-2 on CPU
     del recipe["callbacks"]
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))

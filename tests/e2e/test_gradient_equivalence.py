@@ -17,13 +17,21 @@ grad_norm differed by 1.4e-3 and its routers' update by 1.2.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import FASHION_CATALOG, REPO_ROOT, TWO_SGD_STEPS, logged_steps, relative, run_cli, swift_executable
+from helpers import (
+    COMPARED_LOSS_ENV,
+    REPO_ROOT,
+    TWO_SGD_STEPS,
+    logged_steps,
+    relative,
+    rows_with_two_negatives,
+    run_cli,
+    swift_executable,
+)
 from safetensors.torch import load_file
 
 from moon_swift.apps.tiny_model import make_tiny
@@ -32,7 +40,7 @@ from moon_swift.modeling.upcycle import upcycle
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-4
-ENV = {"MOON_INFONCE_SPATIAL": "true", "MOON_INFONCE_QUEUE_SIZE": "0", "INFONCE_USE_BATCH": "true"}
+ENV = COMPARED_LOSS_ENV
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +49,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     make_tiny(root / "base", seed=2, as_base=True)
     upcycle(root / "base", root / "model", noise=0.01, moe_layers="all", num_experts=4, moe_top_k=2,
             moe_aux_loss_coef=0.5, moe_z_loss_coef=0.01)  # fmt: skip
-    command = [str(Path(swift_executable()).with_name("moon-swift")), "prepare-data", "--catalog", str(FASHION_CATALOG),
-               "--out", str(root / "data"), "--limit", "16", "--hard-negatives", "2"]  # fmt: skip
-    assert run_cli(command).returncode == 0
-    lines = (root / "data" / "train.jsonl").read_text().splitlines()
-    rows = [line for line in lines if len(json.loads(line).get("negative_messages") or []) == 2][:8]
-    assert len(rows) == 8
-    (root / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    rows = rows_with_two_negatives(root).read_text().splitlines()
     # each step's 4 rows twice in a row: an accumulated step of 2 x 4 rows is one step of those 4 rows
     (root / "repeated.jsonl").write_text("\n".join(rows[:4] * 2 + rows[4:] * 2) + "\n")
     recipe = yaml.safe_load((REPO_ROOT / "recipes" / "tiny_cpu.yaml").read_text())

@@ -51,6 +51,42 @@ def test_the_key_forward_uses_the_average_and_the_live_weights_come_back():
         assert torch.equal(value, live[name])  # restored after an error too
 
 
+class Gathered(nn.Linear):
+    """A ZeRO-3-like layer: its weight's values live in ``ds_tensor`` (the partition); a forward uses the gathered
+    copy in ``weight.data``, rebuilt from the partition only when it was released (as DeepSpeed keeps small
+    parameters gathered between steps)."""
+
+    def __init__(self):
+        super().__init__(4, 3, bias=False)
+        self.weight.ds_tensor = self.weight.data.clone()
+        self.gathered = True
+
+    def release(self):
+        self.gathered = False
+
+    def forward(self, x):
+        if not self.gathered:
+            self.weight.data = self.weight.ds_tensor.clone()
+            self.gathered = True
+        return super().forward(x)
+
+
+def test_under_zero3_the_key_forward_gathers_the_averages_and_the_next_forward_the_live_values():
+    layer = Gathered()
+    averaged = layer.weight.ds_tensor.clone()
+    encoder = MomentumEncoder(layer, momentum=0.9)
+    layer.weight.ds_tensor.mul_(-2.0)  # the optimizer step updates the partition ...
+    live = layer.weight.ds_tensor.clone()
+    layer.weight.data = live.clone()  # ... and ZeRO-3 gathers its persistent parameters again after the step
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="release"), encoder.swapped_in():
+        pass
+    with encoder.swapped_in(release=layer.release):
+        torch.testing.assert_close(layer(x), x @ averaged.T)  # not the gathered live copy
+    torch.testing.assert_close(layer.weight.ds_tensor, live)
+    torch.testing.assert_close(layer(x), x @ live.T)  # not the averages left gathered
+
+
 def test_only_trained_parameters_are_averaged_as_under_lora():
     net = model()
     net[0].weight.requires_grad_(False)  # a frozen base weight: shared, never averaged

@@ -10,6 +10,7 @@ rather than averaging the fast-moving warm-up; on ``--resume_from_checkpoint`` f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,8 +45,10 @@ def embed_without_grad(model, inputs: dict) -> torch.Tensor:
 def refuse_unsupported_momentum(args, options) -> None:
     """Stops at start where the momentum encoder is not known to work: fp16 (tested in fp32 and bf16 only: its
     fp32 average is copied into the training weights for every key forward; fp16's loss scaling and skipped
-    steps are not covered) and ZeRO-3 (its persistent small parameters stay gathered outside the shards the
-    swap replaces: a CPU run failed restoring them)."""
+    steps are not covered), and two ZeRO-3 settings whose gathered copies do not come from the partitions the
+    swap replaces: ZeRO++'s secondary partitions (``zero_hpz_partition_size`` > 1: rebuilt from what was
+    gathered, so averages would reach the trained forward) and parameters offloaded to NVMe (swapped out of
+    ``ds_tensor``)."""
     if options is None or not options.uses_momentum:
         return
     if getattr(args, "fp16", False):
@@ -54,13 +57,49 @@ def refuse_unsupported_momentum(args, options) -> None:
             "choose MOON_INFONCE_QUEUE_MODE=split",
             field="MOON_INFONCE_QUEUE_MODE",
         )
-    stage = (deepspeed_config(args).get("zero_optimization") or {}).get("stage")
-    if str(stage) == "3":
+    zero = deepspeed_config(args).get("zero_optimization") or {}
+    if str(zero.get("stage")) != "3":
+        return
+    hpz = zero.get("zero_hpz_partition_size", 1)
+    if str(hpz) not in ("1", "0", "auto"):
         raise MoonInputError(
-            "MOON_INFONCE_QUEUE_MODE=momentum is not supported with --deepspeed zero3 yet: train with --deepspeed "
-            "zero2 (the recipes' setting), or set MOON_INFONCE_QUEUE_SIZE=0",
+            f"MOON_INFONCE_QUEUE_MODE=momentum cannot train with ZeRO++ hierarchical partitions "
+            f"(zero_optimization.zero_hpz_partition_size={hpz} in --deepspeed): set it to 1, or choose "
+            "MOON_INFONCE_QUEUE_MODE=split",
             field="MOON_INFONCE_QUEUE_MODE",
         )
+    device = (zero.get("offload_param") or {}).get("device")
+    if str(device) == "nvme":
+        raise MoonInputError(
+            "MOON_INFONCE_QUEUE_MODE=momentum cannot train with ZeRO-3 parameters offloaded to NVMe "
+            "(zero_optimization.offload_param.device=nvme in --deepspeed): offload to cpu, or choose "
+            "MOON_INFONCE_QUEUE_MODE=split",
+            field="MOON_INFONCE_QUEUE_MODE",
+        )
+
+
+def zero3_release(wrapped_model) -> Callable[[], None] | None:
+    """Under ZeRO-3, DeepSpeed's own call that frees every gathered parameter (``empty_partition_cache`` of its
+    stage-3 optimizer, without the engine's ``gc.collect``), so a forward after it gathers from the partitions;
+    ``None`` for any other model. The device is synchronised first: the swap's copies into the partitions run
+    on the current stream, DeepSpeed's all-gathers may run on their own."""
+    stage = getattr(wrapped_model, "zero_optimization_stage", None)
+    if not callable(stage) or stage() != 3:
+        return None
+    empty = getattr(getattr(wrapped_model, "optimizer", None), "empty_partition_cache", None)
+    if empty is None:
+        raise MoonInputError(
+            "MOON_INFONCE_QUEUE_MODE=momentum under --deepspeed zero3 needs DeepSpeed's stage-3 optimizer "
+            f"(its empty_partition_cache), and this engine's optimizer is {type(wrapped_model.optimizer).__name__}",
+            field="MOON_INFONCE_QUEUE_MODE",
+        )
+    from deepspeed.accelerator import get_accelerator
+
+    def release() -> None:
+        get_accelerator().synchronize()
+        empty()
+
+    return release
 
 
 class MomentumKeys:
@@ -96,7 +135,7 @@ class MomentumKeys:
         was_training = wrapped_model.training
         wrapped_model.eval()  # keys without dropout noise, and no random numbers taken from the trained forward
         try:
-            with self.encoder.swapped_in():
+            with self.encoder.swapped_in(release=zero3_release(wrapped_model)):
                 return embed(wrapped_model, inputs)
         finally:
             wrapped_model.train(was_training)
