@@ -89,6 +89,7 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 128
 
 
 def check_mining_search(how: str) -> str:
+    """``how`` if it is one of :data:`MINING_SEARCHES` (checked before any embedding is computed)."""
     if how not in MINING_SEARCHES:
         raise ValueError(f"mining search must be one of {MINING_SEARCHES}, got {how!r}")
     return how
