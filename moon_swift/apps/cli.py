@@ -84,9 +84,9 @@ def _print_sizes(config, args: argparse.Namespace) -> None:
     """Parameters and the training memory per GPU a run of it needs (the plan: the ``--plan-*`` options)."""
     from ..modeling.sizes import TrainingPlan, memory_lines, parameter_counts
 
-    counts = parameter_counts(config)
     plan = TrainingPlan(gpus=args.plan_gpus, rows_per_gpu=args.plan_rows, products_per_row=2 + args.plan_negatives,
                         tokens=args.plan_tokens, momentum=args.plan_momentum)  # fmt: skip
+    counts = parameter_counts(config)
     print("\n".join(counts.lines() + memory_lines(counts, config, plan)))
 
 
@@ -107,12 +107,23 @@ def cmd_plan(args: argparse.Namespace) -> None:
     _print_sizes(config, args)
 
 
+def _at_least(least: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training plan of the memory estimate (default: recipes/moon_3b.yaml)")
-    group.add_argument("--plan-gpus", type=int, default=8, help="GPUs (data-parallel processes)")
-    group.add_argument("--plan-rows", type=int, default=32, help="rows per GPU and step (per_device_train_batch_size)")
-    group.add_argument("--plan-negatives", type=int, default=1, help="hard negatives per row (prepare-data)")
-    group.add_argument("--plan-tokens", type=int, default=2048, help="tokens per sequence (upper bound: max_length)")
+    group.add_argument("--plan-gpus", type=_at_least(1), default=8, help="GPUs (data-parallel processes)")
+    group.add_argument("--plan-rows", type=_at_least(1), default=32,
+                       help="rows per GPU and step (per_device_train_batch_size)")  # fmt: skip
+    group.add_argument("--plan-negatives", type=_at_least(0), default=1, help="hard negatives per row (prepare-data)")
+    group.add_argument("--plan-tokens", type=_at_least(1), default=2048, help="tokens per sequence (max_length)")
     group.add_argument("--plan-momentum", action=argparse.BooleanOptionalAction, default=True,
                        help="moon_infonce's momentum queue (an fp32 average of the model)")  # fmt: skip
 

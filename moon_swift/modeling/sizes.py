@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.errors import MoonInputError
 from .configuration_moon import MoonConfig
 from .guided_moe import GuidedMoE
 
@@ -74,6 +75,12 @@ class TrainingPlan:
     products_per_row: int = 3
     tokens: int = 2048
     momentum: bool = True
+
+    def __post_init__(self):
+        for name, least in (("gpus", 1), ("rows_per_gpu", 1), ("products_per_row", 2), ("tokens", 1)):
+            if getattr(self, name) < least:
+                raise MoonInputError(f"the training plan's {name} must be at least {least}, got "
+                                     f"{getattr(self, name)}", field=name)  # fmt: skip
 
     def describe(self) -> str:
         return (f"{self.gpus} GPUs, {self.rows_per_gpu} rows per GPU x {self.products_per_row} sequences, bf16, "

@@ -52,3 +52,16 @@ def test_plan_reads_a_config_alone_and_refuses_moe_options_for_a_moon_checkpoint
         from moon_swift.apps.cli import build_parser, cmd_plan
 
         cmd_plan(build_parser().parse_args(["plan", str(tmp_path / "moon"), "--moe-layers", "all"]))
+
+
+def test_a_plan_out_of_range_is_refused_naming_the_option(capsys):
+    import pytest
+
+    from moon_swift.apps.cli import build_parser
+    from moon_swift.modeling.sizes import TrainingPlan
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["plan", "some/dir", "--plan-gpus", "0"])
+    assert "--plan-gpus: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="tokens must be at least 1"):
+        TrainingPlan(tokens=0)
