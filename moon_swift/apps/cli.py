@@ -289,11 +289,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
         DemoConfig(
             workdir=Path(args.workdir),
             catalog=Path(args.catalog or _development_data("fashion-catalog-dev", "--catalog")),
+            street_photos=Path(args.street_photos or _development_data("street-photos", "--street-photos")),
             recipe=Path(args.recipe) if args.recipe else TINY_RECIPE,
             limit=args.limit,
-            epochs=args.epochs,
-            seed=args.seed,
+            seeds=args.seeds,
+            first_seed=args.seed,
+            base_model=Path(args.model) if args.model else None,
+            device=args.device,
+            dtype=args.dtype,
             **({"variants": tuple(args.variants)} if args.variants else {}),
+            **({"max_steps": args.max_steps} if args.max_steps else {}),
         )
     )
 
@@ -518,23 +523,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p)
     p.set_defaults(func=cmd_visualize)
 
-    p = sub.add_parser("demo", help="build a tiny MOON, train it with `swift sft` on real products, evaluate")
+    p = sub.add_parser(
+        "demo",
+        help="the ablation study: MOON and one-change variants trained with `swift sft`, "
+        "evaluated with baselines on held-out products",
+    )
     p.add_argument("--workdir", default="runs/demo", help="where models, data and results go")
     p.add_argument("--catalog", help="fashion catalog directory (default: the development catalog, see README)")
+    p.add_argument(
+        "--street-photos",
+        help="street photos with labels.csv: backgrounds and category queries (default: the development street photos)",
+    )
     p.add_argument("--recipe", help=f"swift sft recipe to train with (default {TINY_RECIPE})")
+    p.add_argument("--model", help="Qwen2.5-VL / Qwen2-VL checkpoint to upcycle (default: a tiny one built here)")
     p.add_argument("--limit", type=int, help="products to use, train + held-out (default: the whole catalog)")
-    p.add_argument("--epochs", type=float, default=1, help="training epochs of each variant")
+    p.add_argument(
+        "--max-steps",
+        type=_at_least(1),
+        help="training steps of each variant (default: what fits one seed in 15 minutes on 2 cores)",
+    )
+    p.add_argument("--seeds", type=_at_least(1), default=1, help="seeds to run (mean +- std and separation with 2+)")
     p.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of the tiny model, the hard negatives and (when not 0) swift's training order",
+        help="the first seed: of the base model, the query kinds drawn, the hard negatives and swift's training order",
     )
+    p.add_argument("--device", help="device evaluation encodes on (default: cuda when there is one)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="evaluation dtype")
     p.add_argument(
         "--variants",
         nargs="+",
         metavar="NAME",
-        help="variants to train (default: the table's; '+ queue split' and '+ queue fifo' compare queue modes)",
+        help="variants to train (default: the study's; 'queue split' and 'queue fifo' compare queue modes)",
     )
     p.set_defaults(func=cmd_demo)
     _add_detection_commands(sub)

@@ -8,11 +8,12 @@ from .tasks import Outcome
 
 
 def metrics_by_task(outcomes: dict[str, Outcome]) -> dict[str, dict]:
-    """``{"retrieval/x->product": metrics, "classification": {level: metrics}, "attributes": {name: metrics}}``."""
+    """``{"retrieval/x->product": metrics, "street/photo->category": metrics, "classification": {level: metrics},
+    "attributes": {name: metrics}}``."""
     results: dict[str, dict] = {}
     for task, outcome in outcomes.items():
         group, _, name = task.partition("/")
-        if group == "retrieval":
+        if group in ("retrieval", "street"):  # one task, several metrics
             results[task] = outcome.metrics()
         else:
             results.setdefault(group, {})[name] = outcome.metrics()

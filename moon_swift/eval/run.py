@@ -15,9 +15,8 @@ from .plots import plot_results
 from .report import flatten, format_side_by_side, metrics_by_task
 from .tasks import (
     Outcome,
-    attribute_outcomes,
     category_levels,
-    classification_outcomes,
+    label_outcomes,
     predictable_attributes,
     retrieval_outcome,
 )
@@ -72,11 +71,7 @@ def evaluate_outcomes(encoder: Encoder, records: Sequence[ProductRecord], pairs:
         titles = encoder.encode_queries([r.title for r in records], desc=f"titles   {name}")
         catalog = encoder.encode_products(records, with_title=False, desc=f"products {name}")
         outcomes["retrieval/title->product"] = retrieval_outcome(titles, catalog, range(len(records)), index=index)
-    plain = encoder.encode_products(records, with_fields=False, desc=f"plain    {name}")
-    for level, outcome in classification_outcomes(encoder, plain, records).items():
-        outcomes[f"classification/{level}"] = outcome
-    for attribute, outcome in attribute_outcomes(encoder, plain, records).items():
-        outcomes[f"attributes/{attribute}"] = outcome
+    outcomes.update(label_outcomes(encoder, records, name))
     return outcomes
 
 

@@ -115,6 +115,15 @@ def attribute_outcomes(encoder, products: np.ndarray, records: Sequence[ProductR
     return outcomes
 
 
+def label_outcomes(encoder, records: Sequence[ProductRecord], name: str = "model") -> dict[str, Outcome]:
+    """Classification per category level and prediction per attribute, the products encoded as images +
+    title only (the label must not be in the input): ``classification/<level>``, ``attributes/<name>``."""
+    plain = encoder.encode_products(records, with_fields=False, desc=f"plain    {name}")
+    outcomes = {f"classification/{level}": o for level, o in classification_outcomes(encoder, plain, records).items()}
+    outcomes.update({f"attributes/{a}": o for a, o in attribute_outcomes(encoder, plain, records).items()})
+    return outcomes
+
+
 def zero_shot_classification(encoder, products: np.ndarray, records: Sequence[ProductRecord]) -> dict[str, dict]:
     return {name: o.metrics() for name, o in classification_outcomes(encoder, products, records).items()}
 

@@ -3,6 +3,8 @@ LOG_LEVEL left behind would silence the INFO logs of every swift process the cal
 
 import os
 
+import pytest
+
 from moon_swift.apps.cli import main
 
 
@@ -35,7 +37,6 @@ def test_make_tiny_and_upcycle_flags_reach_the_config(tmp_path, capsys):
 
 
 def test_plan_reads_a_config_alone_and_refuses_moe_options_for_a_moon_checkpoint(tmp_path, capsys):
-    import pytest
 
     from moon_swift.core.errors import MoonInputError
 
@@ -55,7 +56,6 @@ def test_plan_reads_a_config_alone_and_refuses_moe_options_for_a_moon_checkpoint
 
 
 def test_a_plan_out_of_range_is_refused_naming_the_option(capsys):
-    import pytest
 
     from moon_swift.apps.cli import build_parser
     from moon_swift.modeling.sizes import TrainingPlan
@@ -65,3 +65,15 @@ def test_a_plan_out_of_range_is_refused_naming_the_option(capsys):
     assert "--plan-gpus: must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="tokens must be at least 1"):
         TrainingPlan(tokens=0)
+
+
+def test_the_demo_refuses_an_unknown_variant_or_no_seeds_before_any_work(tmp_path, capsys):
+    from moon_swift.apps.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--seeds", "0"])
+    assert "--seeds: must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--variants", "MOON", "bigger model"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown variants ['bigger model']" in error and "'no temporal'" in error
+    assert not (tmp_path / "demo").exists()  # nothing was made
