@@ -227,7 +227,7 @@ def run_demo(config: DemoConfig) -> dict:
             out = work / "train" / f"seed{seed}" / _slug(variant.name)
             done = out / "done.json"
             queue = {**QUEUE, "weight": str(QUEUE_WEIGHTS[variant.queue])} if variant.queue else None
-            spec = {"variant": asdict(variant), "max_steps": config.max_steps, "seed": seed, "rows": rows_digest,
+            spec = {"variant": asdict(variant), "max_steps": config.max_steps, "seed": seed, "rows_sha256": rows_digest,
                     "limit": config.limit, "base_model": str(config.base_model or "tiny"), "queue": queue}  # fmt: skip
             if done.is_file() and json.loads(done.read_text()).get("spec") == spec:
                 checkpoints[seed][variant.name] = Path(json.loads(done.read_text())["checkpoint"])

@@ -86,6 +86,7 @@ def plot_photo_queries(data, boxes: Path, tops: dict[str, list[list[int]]], path
     from matplotlib.patches import Rectangle
 
     from ..core.images import read_image
+    from ..detection.selection import crop
     from ..detection.store import BoxStore
 
     store = BoxStore(boxes)
@@ -103,8 +104,6 @@ def plot_photo_queries(data, boxes: Path, tops: dict[str, list[list[int]]], path
                     row[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", lw=1.5))
                 row[0].set_title("query, detected box", fontsize=7)
             else:
-                from ..detection.selection import crop
-
                 row[0].imshow(crop(loaded.image, selection)[0])
                 row[0].set_title("its crop (MOON sees it too)", fontsize=7)
             row[0].set_ylabel(name, fontsize=8)
