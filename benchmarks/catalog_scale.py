@@ -1,6 +1,7 @@
 """The data tools at catalog scale: wall time and peak memory at 100k and 1M products, in one run.
 
-    python benchmarks/catalog_scale.py [--sizes 100000 1000000] [--negatives 4] [--dim 256] [--workdir DIR]
+    python benchmarks/catalog_scale.py [--sizes 100000 1000000] [--searches exact ivf hnsw]
+                                       [--embeddings random clustered] [--negatives 4] [--dim 256] [--workdir DIR]
 
 Each size runs in a fresh subprocess (its peak resident set, VmHWM, is its own) on a synthetic catalog:
 image-free products whose category paths and attributes are the dev catalog's rows, cycled (so its category
@@ -10,13 +11,16 @@ every 3 consecutive products one group (colour variants). Stages, as `moon-swift
 1. ``write``: the catalog as products JSONL (setup, not a prepare-data stage);
 2. ``prepare``: ``load_products`` + ``prepare_data`` with ``--hard-negatives``: the held-out split, the
    same-category negatives (``category_negatives``), the swift rows and product files written;
-3. ``mine hnsw``: ``mined_negatives`` of the training products from random unit embeddings with HNSW
-   (``--mine-search hnsw``), and ``mine exact`` (faiss exact top-k, the default) up to 200k training
-   products, with the share of the exact negatives HNSW found. Random embeddings have no cluster
-   structure: the hardest case for an approximate search.
+3. ``mine SEARCH EMBEDDINGS``: ``mined_negatives`` of the training products with each ``--mine-search``
+   choice: ``ivf`` at every size, ``exact`` (O(N^2)) up to ``--exact-up-to`` and ``hnsw`` up to
+   ``--hnsw-up-to`` training products. Embeddings: ``random`` (unit vectors, no structure: the hardest case
+   for an approximate search) and ``clustered`` (``benchmarks/ann_search.py``'s mixture of category,
+   attribute, group and noise directions, each product's row of it).
 
-It prints seconds and microseconds per product for every stage, the peak RSS, and the ratio of time per
-product between the largest and the smallest size.
+Per search and embeddings, the share of the exact negatives found, on 2,000 sampled training products whose
+exact negatives are computed apart (faiss exact top-k of those rows against all), so it is known at 1M too.
+It prints seconds and microseconds per product for every stage, the peak RSS after ``prepare`` and at the
+end, and the ratio of time per product between the largest and the smallest size.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from process_memory import status_bytes
 
 SHARED_DATA = Path(os.environ.get("MOON_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CATALOG = SHARED_DATA / "fashion-catalog-dev"
-#: exact mining is run up to this many training products (O(N^2): about an hour at 1M on 2 cores, by the formula)
-EXACT_UP_TO = 200_000
+#: products whose exact negatives the approximate searches are scored against
+SAMPLE = 2_000
 
 
 def write_catalog(path: Path, products: int) -> None:
@@ -50,15 +54,17 @@ def write_catalog(path: Path, products: int) -> None:
             out.write(json.dumps(row) + "\n")
 
 
-def measure(products: int, negatives: int, dim: int, workdir: Path) -> dict:
-    """One size, in this process: seconds per stage and the peak RSS."""
+def measure(products: int, args) -> dict:
+    """One size, in this process: seconds per stage, the share of exact negatives found, the peak RSS."""
     import numpy as np
+    from ann_search import clustered
 
     from moon_swift.data.negatives import mined_negatives
     from moon_swift.data.prepare import prepare_data
     from moon_swift.data.sources import load_products
     from moon_swift.data.swift_rows import split_records
 
+    workdir, negatives = Path(args.workdir), args.negatives
     seconds = {}
     catalog = workdir / "catalog.jsonl"
     start = time.perf_counter()
@@ -69,37 +75,64 @@ def measure(products: int, negatives: int, dim: int, workdir: Path) -> dict:
     records, pairs = load_products(str(catalog), "records")
     prepare_data(records, pairs, workdir / "prepared", hard_negatives=negatives, seed=0)
     seconds["prepare"] = time.perf_counter() - start
+    result = {"products": products, "seconds": seconds, "found": {}, "prepare_peak_mib": status_bytes("VmHWM") / 2**20}
 
-    train, _ = split_records(records, 0.1)
-    rng = np.random.default_rng(0)
-    embeddings = rng.standard_normal((len(train), dim), dtype=np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    mined = {}
-    for search in ("hnsw", "exact"):
-        if search == "exact" and len(train) > EXACT_UP_TO:
-            continue
-        start = time.perf_counter()
-        mined[search] = mined_negatives(train, embeddings, negatives, search=search)
-        seconds[f"mine {search}"] = time.perf_counter() - start
-        assert len(mined[search]) == len(train) and all(len(m) == negatives for m in mined[search])
-    result = {"products": products, "seconds": seconds, "peak_mib": status_bytes("VmHWM") / 2**20}
-    if "exact" in mined:
-        pairs = zip(mined["hnsw"], mined["exact"], strict=True)
-        same = sum(len({id(r) for r in a} & {id(r) for r in b}) for a, b in pairs)
-        result["hnsw_recall"] = same / (negatives * len(train))
+    train, _ = split_records(records, 0.1)  # in catalog order: product numbers ascending
+    del records, pairs
+    sample = np.random.default_rng(1).choice(len(train), min(SAMPLE, len(train)), replace=False)
+    limits = {"exact": args.exact_up_to, "hnsw": args.hnsw_up_to}
+    for kind in args.embeddings:
+        if kind == "random":
+            vectors = np.random.default_rng(0).standard_normal((len(train), args.dim), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        else:
+            vectors = clustered(products, args.dim, seed=0)
+            rows = np.array([int(r.product_id[3:]) for r in train])
+            for at in range(0, len(rows), 65_536):  # training rows to the front, in place (rows ascend)
+                chunk = rows[at : at + 65_536]
+                vectors[at : at + len(chunk)] = vectors[chunk]
+            vectors = vectors[: len(rows)]
+        truth = exact_negatives(train, vectors, sample, negatives)
+        for search in args.searches:
+            if len(train) > limits.get(search, len(train)):
+                continue
+            start = time.perf_counter()
+            mined = mined_negatives(train, vectors, negatives, search=search)
+            seconds[f"mine {search} {kind}"] = time.perf_counter() - start
+            assert len(mined) == len(train) and all(len(m) == negatives for m in mined)
+            found = sum(len({r.product_id for r in mined[row]} & truth[i]) for i, row in enumerate(sample))
+            result["found"][f"{search} {kind}"] = found / (negatives * len(sample))
+            del mined
+        del vectors
+    result["peak_mib"] = status_bytes("VmHWM") / 2**20
     return result
+
+
+def exact_negatives(train, vectors, sample, negatives: int) -> list[set[str]]:
+    """The exact mined negatives of the ``sample`` rows: faiss exact top-k against all rows, other groups only."""
+    import faiss
+
+    hits = faiss.knn(vectors[sample], vectors, negatives + 64, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    return [set([train[h].product_id for h in row_hits if train[h].group_id != train[row].group_id][:negatives])
+            for row, row_hits in zip(sample, hits, strict=True)]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--searches", nargs="+", choices=["exact", "ivf", "hnsw"], default=["exact", "ivf", "hnsw"])
+    parser.add_argument("--embeddings", nargs="+", choices=["random", "clustered"], default=["random", "clustered"])
+    parser.add_argument("--exact-up-to", type=int, default=200_000, help="mine exactly up to this many products "
+                        "(O(N^2): about an hour at 1M on 2 cores, by the formula)")  # fmt: skip
+    parser.add_argument("--hnsw-up-to", type=int, default=200_000, help="mine with HNSW up to this many products "
+                        "(1,551 s at 1M random in the last run)")  # fmt: skip
     parser.add_argument("--negatives", type=int, default=4, help="hard negatives per product")
     parser.add_argument("--dim", type=int, default=256, help="embedding size for mining")
     parser.add_argument("--workdir", help="where the catalogs and rows go (default: a temporary folder)")
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.negatives, args.dim, Path(args.workdir))))
+        print(json.dumps(measure(args.measure, args)))
         return
     results = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -107,20 +140,25 @@ def main() -> None:
             workdir = Path(args.workdir or scratch) / f"catalog_{size}"
             workdir.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, __file__, "--measure", str(size), "--negatives", str(args.negatives),
-                       "--dim", str(args.dim), "--workdir", str(workdir)]  # fmt: skip
+                       "--dim", str(args.dim), "--workdir", str(workdir), "--searches", *args.searches,
+                       "--embeddings", *args.embeddings, "--exact-up-to", str(args.exact_up_to),
+                       "--hnsw-up-to", str(args.hnsw_up_to)]  # fmt: skip
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(f"measured {size} products", file=sys.stderr)
     stages = list(dict.fromkeys(stage for r in results for stage in r["seconds"]))
     print(f"synthetic catalog (dev catalog's category tree), {args.negatives} hard negatives, mining dim {args.dim}")
-    print(f"{'products':>10} " + " ".join(f"{s + ' s':>13} {'us/product':>10}" for s in stages) + f" {'peak MiB':>9}")
+    print(f"{'stage':<24} " + " ".join(f"{str(r['products']) + ' s':>12} {'us/product':>10}" for r in results))
+    for stage in stages:
+        cells = " ".join(f"{r['seconds'][stage]:12.1f} {r['seconds'][stage] / r['products'] * 1e6:10.1f}"
+                         if stage in r["seconds"] else f"{'-':>12} {'-':>10}" for r in results)  # fmt: skip
+        print(f"{stage:<24} {cells}")
+    print(f"{'peak MiB after prepare':<24} " + " ".join(f"{r['prepare_peak_mib']:12.0f} {'':>10}" for r in results))
+    print(f"{'peak MiB':<24} " + " ".join(f"{r['peak_mib']:12.0f} {'':>10}" for r in results))
     for r in results:
-        cells = " ".join(f"{r['seconds'][s]:13.1f} {r['seconds'][s] / r['products'] * 1e6:10.1f}" if s in r["seconds"]
-                         else f"{'-':>13} {'-':>10}" for s in stages)  # fmt: skip
-        print(f"{r['products']:>10} {cells} {r['peak_mib']:9.0f}")
-    for r in results:
-        if "hnsw_recall" in r:
-            print(f"hnsw mining at {r['products']} products: {r['hnsw_recall']:.3f} of the exact negatives found")
+        for name, share in r["found"].items():
+            print(f"mine {name} at {r['products']} products: {share:.3f} of the exact negatives found "
+                  f"({min(SAMPLE, r['products'])} sampled products)")  # fmt: skip
     small, large = results[0], results[-1]
     growth = large["products"] / small["products"]
     ratios = ", ".join(f"{s} {large['seconds'][s] / small['seconds'][s] / growth:.2f}x" for s in stages

@@ -224,10 +224,15 @@ def _add_catalog_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="bad rows: stop, or skip+count")
 
 
+#: eval.index.INDEX_KINDS (kept light to import: tests/eval/test_index.py checks they agree)
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     import os
 
     from ..eval.export import write_faiss, write_milvus
+    from ..eval.index import resolve_kind
 
     records, _ = _load_catalog(args)
     out = Path(args.out)
@@ -237,8 +242,10 @@ def cmd_index(args: argparse.Namespace) -> None:
     write_faiss(embeddings, records, faiss_path, args.index)
     uri = args.milvus_uri or str(out / "milvus.db")
     count = write_milvus(embeddings, records, uri, args.collection, token=os.environ.get("MILVUS_TOKEN"))
+    kind = resolve_kind(args.index, len(records))
     print(f"{len(records)} products, {embeddings.shape[1]}-d embeddings from {args.model}")
-    print(f"  faiss ({args.index}): {faiss_path} + {faiss_path.with_suffix('.ids.json').name}")
+    print(f"  faiss ({kind}" + (", chosen by --index auto" if args.index == "auto" else "")
+          + f"): {faiss_path} + {faiss_path.with_suffix('.ids.json').name}")  # fmt: skip
     print(f"  milvus: {count} entities in collection {args.collection!r} at {uri}")
 
 
@@ -466,9 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mine-with", help="MOON checkpoint to mine the hard negatives with (nearest other products)")
     p.add_argument(
         "--mine-search",
-        choices=["exact", "hnsw"],
+        choices=["exact", "ivf", "hnsw"],  # data.negatives.MINING_SEARCHES (kept light to import)
         default="exact",
-        help="nearest-neighbour search for --mine-with: exact (faiss top-k) or hnsw (approximate)",
+        help="nearest-neighbour search for --mine-with: exact (faiss top-k), ivf (approximate, per-product time "
+        "about constant in the catalog size: for millions) or hnsw (approximate)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")
     _add_model_arguments(p, what="--mine-with")
@@ -498,7 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", help="behaviour pairs CSV/JSONL (query_text/query_image -> product_id)")
     p.add_argument("--cache-dir", help="embedding cache (default OUT/cache with --out; reruns skip encoding)")
     p.add_argument("--out", help="directory for eval.json")
-    p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index (flat = exact)")
+    p.add_argument(
+        "--index",
+        choices=INDEX_KINDS,
+        default="flat",
+        help="faiss index: flat = exact (the default: exact metrics); auto, ivf, hnsw as for `index`",
+    )
     _add_model_arguments(p)
     p.set_defaults(func=cmd_eval)
 
@@ -506,7 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="MOON checkpoint directory")
     _add_catalog_arguments(p)
     p.add_argument("--out", required=True, help="directory for catalog.faiss (and milvus.db for Milvus Lite)")
-    p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="faiss index kind")
+    p.add_argument(
+        "--index",
+        choices=INDEX_KINDS,
+        default="auto",
+        help="faiss index: auto (the default: flat = exact up to 100,000 products, ivf above), flat, ivf (4 sqrt(N) "
+        "inverted lists, 16 searched) or hnsw (M 32, efSearch 64); README: approximate search",
+    )
     p.add_argument(
         "--milvus-uri", help="Milvus server URI (default: Milvus Lite file OUT/milvus.db); token: $MILVUS_TOKEN"
     )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..core.vector_search import build_index, set_search_depth
 from .records import ProductRecord, logger
 
 
@@ -83,9 +84,11 @@ def _take(candidate: ProductRecord, chosen: list[ProductRecord], taken: set[str]
     return True
 
 
-MINING_SEARCHES = ("exact", "hnsw")
-#: HNSW graph degree and construction depth (faiss's defaults for the latter), search depth at least
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 128
+MINING_SEARCHES = ("exact", "ivf", "hnsw")
+#: HNSW search depth for mining (at least twice the depth asked)
+MINING_EF_SEARCH = 128
+#: IVF mining: lists probed per product, and candidates re-ranked exactly per hit wanted (8-bit codes rank them)
+MINING_NPROBE, MINING_RERANK = 32, 2
 
 
 def check_mining_search(how: str) -> str:
@@ -97,20 +100,31 @@ def check_mining_search(how: str) -> str:
 
 def _nearest(vectors: np.ndarray, how: str) -> Callable[[np.ndarray, int], np.ndarray]:
     """``search(queries, depth) -> ids`` (best first, -1 = none) over ``vectors`` by inner product: faiss's
-    exact ``knn`` (searches ``vectors`` in place, no index copy) or an HNSW graph (approximate, built once)."""
+    exact ``knn`` (searches ``vectors`` in place, no index copy), an HNSW graph (a second copy of the
+    vectors plus the graph), or an IVF of 8-bit codes (a quarter of the vectors' memory) whose candidates are
+    re-ranked exactly against ``vectors``; indexes from :func:`moon_swift.core.vector_search.build_index`."""
     import faiss
 
     if how == "exact":
         return lambda queries, depth: faiss.knn(queries, vectors, depth, metric=faiss.METRIC_INNER_PRODUCT)[1]
-    index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index.add(vectors)
+    if how == "hnsw":
+        index = build_index(vectors, "hnsw")
 
-    def search(queries: np.ndarray, depth: int) -> np.ndarray:
-        index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * depth)
-        return index.search(queries, depth)[1]
+        def graph_search(queries: np.ndarray, depth: int) -> np.ndarray:
+            set_search_depth(index, ef_search=max(MINING_EF_SEARCH, 2 * depth))
+            return index.search(queries, depth)[1]
 
-    return search
+        return graph_search
+    index = build_index(vectors, "ivf", nprobe=MINING_NPROBE, coarse="hnsw", storage="sq8")
+
+    def list_search(queries: np.ndarray, depth: int) -> np.ndarray:
+        candidates = index.search(queries, min(len(vectors), MINING_RERANK * depth))[1]
+        scores = np.einsum("qd,qcd->qc", queries, vectors[np.maximum(candidates, 0)])
+        scores[candidates < 0] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        return np.take_along_axis(candidates, order, axis=1)
+
+    return list_search
 
 
 def mined_negatives(
@@ -118,10 +132,11 @@ def mined_negatives(
 ) -> list[list[ProductRecord]]:
     """For each record, the ``k`` most similar other-group products by inner product of ``embeddings``.
 
-    ``search``: ``exact`` (faiss top-k: O(N^2) work) or ``hnsw`` (approximate nearest neighbours; on random
-    embeddings, the hardest case, ``benchmarks/catalog_scale.py`` measured it slower than exact at 100k
-    products and finding 41% of the exact negatives, so it is not the default). ``chunk`` queries at a time: memory
-    is the embeddings (plus the graph) and ``chunk x depth`` results, not ``chunk x products`` scores.
+    ``search``: ``exact`` (faiss top-k: O(N^2) work, the default), ``ivf`` (approximate: per-product work
+    about constant in N, the index a quarter of the embeddings' memory) or ``hnsw`` (approximate; slower than
+    exact at 100k products on random embeddings). ``benchmarks/catalog_scale.py`` measures each and the share
+    of the exact negatives the approximate ones find. ``chunk`` queries at a time: memory is the embeddings
+    (plus the index) and ``chunk x depth`` results, not ``chunk x products`` scores.
     ``depth`` leaves room for the record's own group (which can hold the nearest hits); rows whose group took
     more are searched again, exactly and as deep as their group needs, in batches of at most ``chunk x depth``
     results."""

@@ -5,10 +5,12 @@ selection policy work without loading it.
 """
 
 from .backend import Detections, Detector, default_detector
+from .box_index import BoxIndex
 from .selection import BoxPolicy, Selection, crop, select_boxes
 from .store import BoxStore, DetectReport, detect_images
 
 __all__ = [
+    "BoxIndex",
     "BoxPolicy",
     "BoxStore",
     "DetectReport",

@@ -27,6 +27,7 @@ from PIL import Image
 from ..core.errors import MoonInputError
 from ..core.images import load_image
 from ..core.rows import iter_rows
+from .box_index import write_box_index
 from .selection import BoxPolicy, Selection, full_image, select_boxes
 
 logger = logging.getLogger("moon_swift.detection")
@@ -222,6 +223,7 @@ def detect_images(
                 file.write(json.dumps(line) + "\n")
             file.flush()
             bar.update(len(batch))
+    write_box_index(out)  # what training and serving read: built once here, not parsed by every process
     logger.info(report.summary())
     return report
 

@@ -49,9 +49,9 @@ class ThumbnailEncoder(Encoder):
     ``size`` x ``size`` RGB thumbnail (mean-centred, L2-normalised). A request without an image is refused."""
 
     def __init__(self, boxes: str | Path | None, size: int = 8):
-        from ..detection.store import BoxStore
+        from ..detection.box_index import BoxIndex
 
-        self.store = BoxStore(boxes) if boxes else None
+        self.store = BoxIndex(boxes) if boxes else None
         self.size = size
         self.without_box = 0
 

@@ -86,10 +86,10 @@ def plot_photo_queries(data, boxes: Path, tops: dict[str, list[list[int]]], path
     from matplotlib.patches import Rectangle
 
     from ..core.images import read_image
+    from ..detection.box_index import BoxIndex
     from ..detection.selection import crop
-    from ..detection.store import BoxStore
 
-    store = BoxStore(boxes)
+    store = BoxIndex(boxes)
     photos = [q for q in data.queries if q.task == "photo"][:queries]
     names = list(tops)
     fig, axes = plt.subplots(len(photos) * len(names), 6, figsize=(11, 2.0 * len(photos) * len(names)), squeeze=False)

@@ -6,9 +6,11 @@ an optional shared expert sees every token. Experts are instances of the backbon
 (``Qwen2MLP``), so upcycling copies tensors and peft can put LoRA on ``gate_proj``/``up_proj``/
 ``down_proj`` of every expert.
 
-Dispatch is grouped: routed (token, expert) pairs are sorted by expert once, each expert runs on
-one contiguous slice, and results are scattered back with a single ``index_add_``; the Python
-loop is over experts, never over tokens.
+Dispatch is grouped: every (token, expert) pair, guided or routed, is sorted by expert once, each
+expert runs on one contiguous slice, and results are scattered back with a single ``index_add_``;
+the Python loop is over experts, never over tokens. The only value the host reads is the expert
+counts (the slice sizes); token types and padding enter as masks, not selections.
+``benchmarks/moe_overhead.py`` times it against the FLOP floor and transformers' fused experts.
 
 The auxiliary losses are applied by :class:`AuxLossInjector` (as Megatron-LM's
 ``MoEAuxLossAutoScaler`` does): the layer's output carries the aux loss's gradient into the
@@ -28,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..core.markup import TOKEN_ATTRIBUTE, TOKEN_CATEGORY, TOKEN_OTHER
+from ..core.markup import TOKEN_CATEGORY, TOKEN_OTHER
 
 
 @dataclass
@@ -89,20 +91,62 @@ class GuidedMoE(nn.Module):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         types, valid = self._flat_context(x.shape[0], x.device)
-        out = torch.zeros_like(x)
+        routed = types == TOKEN_OTHER if self.settings.guided_experts else torch.ones_like(valid)
+        logits = self.router(x.to(self.router.weight.dtype)).float()  # a float32 router under bf16 LoRA
+        probs = logits.softmax(dim=-1)
+        top_weights, top_experts = probs.topk(self.top_k, dim=-1)
+        top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)  # renormalised: upcycling is exact
         if self.settings.guided_experts:
-            for expert, kind in ((self.category_expert, TOKEN_CATEGORY), (self.attribute_expert, TOKEN_ATTRIBUTE)):
-                index = (types == kind).nonzero().squeeze(-1)
-                out.index_add_(0, index, expert(x[index]).to(out.dtype))  # called even when empty: every
-            routed_index = (types == TOKEN_OTHER).nonzero().squeeze(-1)  # parameter gets a gradient
-        else:
-            routed_index = torch.arange(x.shape[0], device=x.device)
-        aux_loss = self._route(x, routed_index, valid[routed_index], out)
+            top_experts, top_weights = self._guided_slots(types, routed, top_experts, top_weights)
+        out = self._dispatch(x, top_experts, top_weights)
+        aux_loss = self._aux_loss(logits, probs, top_experts, (routed & valid).to(probs.dtype))
         if self.settings.shared_expert:
             out = (out + self.shared_expert(x).to(out.dtype)) / 2  # equal experts at upcycling: out == dense
-        if aux_loss is not None and torch.is_grad_enabled() and aux_loss.requires_grad:
+        if torch.is_grad_enabled() and aux_loss.requires_grad:
             out = AuxLossInjector.apply(out, aux_loss, self.aux_grad_scale)
         return out.view(shape)
+
+    @property
+    def _all_experts(self) -> list[nn.Module]:
+        """Dispatch order: the general experts ``0..E-1``, then category ``E`` and attribute ``E+1``."""
+        guided = [self.category_expert, self.attribute_expert] if self.settings.guided_experts else []
+        return [*self.experts, *guided]
+
+    def _guided_slots(
+        self, types: torch.Tensor, routed: torch.Tensor, top_experts: torch.Tensor, top_weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Category / attribute tokens get their expert in slot 0 with weight 1 and the skipped id ``E+2`` in
+        the other slots; routed tokens keep the router's choice. Every tensor keeps its shape (no host sync)."""
+        guided_expert = torch.where(types == TOKEN_CATEGORY, self.num_experts, self.num_experts + 1)
+        skipped = torch.full_like(top_experts, self.num_experts + 2)
+        skipped[:, 0] = guided_expert
+        only_first = torch.zeros_like(top_weights)
+        only_first[:, 0] = 1.0
+        keep = routed[:, None]
+        return torch.where(keep, top_experts, skipped), torch.where(keep, top_weights, only_first)
+
+    def _dispatch(self, x: torch.Tensor, slot_experts: torch.Tensor, slot_weights: torch.Tensor) -> torch.Tensor:
+        """Sum over slots of weight x expert(token), one contiguous slice per expert.
+
+        The (token, slot) pairs are sorted by expert once; the expert counts are the one value the host reads
+        (slice sizes for the per-expert matmuls); skipped slots sort last and are never gathered."""
+        experts = self._all_experts
+        flat = slot_experts.reshape(-1)
+        order = flat.argsort(stable=True)
+        slots = torch.zeros(len(experts) + 1, dtype=torch.long, device=x.device)  # + the skipped id's count
+        counts = slots.index_add_(0, flat, torch.ones_like(flat)).tolist()[: len(experts)]  # (bincount would
+        # read the largest id first: a second sync on GPUs)
+        used = order[: sum(counts)]
+        source = used // self.top_k
+        weights = slot_weights.reshape(-1)[used, None].to(x.dtype)
+        grouped = x[source]
+        results, start = [], 0
+        for expert, count in zip(experts, counts, strict=True):  # an expert without tokens still runs (on 0
+            segment = slice(start, start + count)  # rows): every parameter gets a gradient, zero
+            results.append(expert(grouped[segment]) * weights[segment])
+            start += count
+        out = torch.zeros_like(x)
+        return out.index_add_(0, source, torch.cat(results).to(out.dtype))
 
     def _flat_context(self, n_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         types, valid = self.token_types, self.valid_mask
@@ -115,54 +159,33 @@ class GuidedMoE(nn.Module):
             )
         return types.to(device), valid.to(device)
 
-    def _route(
-        self, x: torch.Tensor, routed_index: torch.Tensor, routed_valid: torch.Tensor, out: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Top-k routing of ``x[routed_index]`` into ``out``; returns the weighted aux loss."""
-        tokens = x[routed_index]
-        logits = self.router(tokens.to(self.router.weight.dtype)).float()  # a float32 router under bf16 LoRA
-        probs = logits.softmax(dim=-1)
-        top_weights, top_experts = probs.topk(self.top_k, dim=-1)
-        top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)  # renormalised: upcycling is exact
-
-        flat_experts = top_experts.reshape(-1)
-        order = flat_experts.argsort(stable=True)
-        source = torch.arange(tokens.shape[0], device=x.device).repeat_interleave(self.top_k)[order]
-        weights = top_weights.reshape(-1)[order]
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
-        grouped = tokens[source]
-        results, start = [], 0
-        for expert, count in zip(self.experts, counts, strict=True):
-            segment = slice(start, start + count)
-            results.append(expert(grouped[segment]) * weights[segment, None].to(tokens.dtype))
-            start += count
-        out.index_add_(0, routed_index[source], torch.cat(results).to(out.dtype))
-
-        return self._aux_loss(logits[routed_valid], probs[routed_valid], top_experts[routed_valid])
-
-    def _aux_loss(self, logits: torch.Tensor, probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor | None:
-        """Weighted balance loss + z-loss of the valid routed tokens; sets ``last_aux_loss`` and ``last_load``.
+    def _aux_loss(
+        self, logits: torch.Tensor, probs: torch.Tensor, top_experts: torch.Tensor, counted: torch.Tensor
+    ) -> torch.Tensor:
+        """Weighted balance loss + z-loss of the tokens ``counted`` (1.0: routed and not padding; 0.0: other);
+        sets ``last_aux_loss`` and ``last_load``. A mask, not a selection, so that no shape depends on the data.
 
         Training data-parallel, both are those of the global batch, as one process computes them on all
         ranks' tokens (balancing each rank's tokens alone is another loss: it is not linear in the tokens).
         The detached expert counts, probability sums and token count are summed over ranks; each rank
         differentiates its own tokens' sums over the global count, times the world size, because DDP and
         DeepSpeed average gradients over ranks. Every rank runs this once per layer and forward, so the
-        all-reduces line up, also when gradient checkpointing recomputes the layer in backward.
+        all-reduces line up, also when gradient checkpointing recomputes the layer in backward. With no
+        counted token the loss is 0 (and so is its gradient).
         """
         experts = self.num_experts
-        counts = torch.bincount(top_experts.reshape(-1), minlength=experts).float()
-        prob_sum = probs.sum(dim=0)
-        z_sum = torch.logsumexp(logits, dim=-1).square().sum()
-        stats = torch.cat([counts, prob_sum.detach(), z_sum.detach()[None], counts.new_tensor([probs.shape[0]])])
+        general = top_experts.clamp(max=experts - 1)  # guided tokens' slots: counted 0 times, any index will do
+        slot_counted = counted[:, None].expand_as(general).reshape(-1)
+        counts = torch.zeros(experts, dtype=probs.dtype, device=probs.device).index_add_(0, general.reshape(-1),
+                                                                                           slot_counted)  # fmt: skip
+        prob_sum = (probs * counted[:, None]).sum(dim=0)
+        z_sum = (torch.logsumexp(logits, dim=-1).square() * counted).sum()
+        stats = torch.cat([counts, prob_sum.detach(), z_sum.detach()[None], counted.sum()[None]])
         world = _data_parallel_world_size() if torch.is_grad_enabled() and logits.requires_grad else 1
         if world > 1:
             stats = _all_reduce_sum(stats)
-        n_tokens = float(stats[-1])
-        self.last_load = stats[:experts] / max(1.0, n_tokens * self.top_k)
-        if n_tokens == 0:
-            self.last_aux_loss = torch.zeros((), device=logits.device)
-            return None
+        n_tokens = stats[-1].clamp(min=1.0)
+        self.last_load = stats[:experts] / (n_tokens * self.top_k)
 
         def weighted(prob_sums: torch.Tensor, z_sums: torch.Tensor) -> torch.Tensor:
             balance = experts * (self.last_load * prob_sums).sum()

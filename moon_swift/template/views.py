@@ -58,13 +58,13 @@ class ImageViews:
 
     @cached_property
     def store(self):
-        """The box store, checked to come from the checkpoint's detector (None: detect everything)."""
-        from ..detection.store import BoxStore
+        """The box store's index, checked to come from the checkpoint's detector (None: detect everything)."""
+        from ..detection.box_index import BoxIndex
 
         path = self.settings.boxes
         if path is None or not Path(path).is_file():
             return None
-        store = BoxStore(path)
+        store = BoxIndex(path)  # memory-mapped: shared by every worker and rank, not parsed by each
         expected = (self.settings.detector or {}).get("fingerprint")
         found = store.detector_fingerprints()
         if expected and found and found != {expected}:

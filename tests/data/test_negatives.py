@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 
+from moon_swift.apps.cli import build_parser
 from moon_swift.data import ProductRecord
-from moon_swift.data.negatives import category_negatives, mined_negatives
+from moon_swift.data.negatives import MINING_SEARCHES, category_negatives, check_mining_search, mined_negatives
 
 
 def _catalog():
@@ -97,13 +99,14 @@ def test_mined_negatives_equal_brute_force_top_k_also_past_a_large_group():
     assert [[c.product_id for c in n] for n in mined] == _brute_force_mined(records, embeddings, 4)
 
 
-def test_hnsw_mining_finds_nearly_the_exact_neighbours_on_clustered_embeddings():
+@pytest.mark.parametrize("search", ["hnsw", "ivf"])
+def test_approximate_mining_finds_nearly_the_exact_neighbours_on_clustered_embeddings(search):
     rng = np.random.default_rng(1)
     records = _big_catalog(2000, groups_of=2)
     centres = rng.standard_normal((40, 16))
     embeddings = (centres[np.arange(2000) % 40] + 0.3 * rng.standard_normal((2000, 16))).astype(np.float32)
     exact = _brute_force_mined(records, embeddings, 4)
-    approximate = [[c.product_id for c in n] for n in mined_negatives(records, embeddings, k=4, search="hnsw")]
+    approximate = [[c.product_id for c in n] for n in mined_negatives(records, embeddings, k=4, search=search)]
     found = sum(len(set(a) & set(e)) for a, e in zip(approximate, exact, strict=True)) / (4 * len(records))
     assert found >= 0.95, found
     assert all(r.group_id not in {f"g{int(p[1:]) // 2}" for p in a} for r, a in zip(records, approximate, strict=True))
@@ -114,3 +117,24 @@ def test_no_negatives_asked_or_no_products_give_empty_lists():
     assert category_negatives(records, k=0) == [[] for _ in records]
     assert mined_negatives(records, np.eye(len(records)), k=0) == [[] for _ in records]
     assert mined_negatives([], np.zeros((0, 4)), k=3) == []
+
+
+def test_ivf_mining_on_random_embeddings_finds_most_exact_negatives_never_the_own_group():
+    rng = np.random.default_rng(2)
+    records = _big_catalog(6000, groups_of=3)
+    embeddings = rng.standard_normal((6000, 16)).astype(np.float32)
+    exact = [[c.product_id for c in n] for n in mined_negatives(records, embeddings, k=3)]
+    ivf = [[c.product_id for c in n] for n in mined_negatives(records, embeddings, k=3, search="ivf")]
+    # 6000 products make 60 lists, 32 are probed (MINING_NPROBE): no structure to exploit, yet nearly all
+    found = sum(len(set(a) & set(e)) for a, e in zip(ivf, exact, strict=True)) / (3 * len(records))
+    assert found >= 0.95, found
+    assert all(len(n) == 3 and r.group_id not in {f"g{int(p[1:]) // 3}" for p in n}
+               for r, n in zip(records, ivf, strict=True))  # fmt: skip
+
+
+def test_the_mining_searches_are_the_command_lines_choices_and_others_are_refused():
+    prepare = next(a for a in build_parser()._subparsers._group_actions[0].choices["prepare-data"]._actions
+                   if a.dest == "mine_search")  # fmt: skip
+    assert tuple(prepare.choices) == MINING_SEARCHES and "ivf" in MINING_SEARCHES
+    with pytest.raises(ValueError, match="mining search"):
+        check_mining_search("annoy")

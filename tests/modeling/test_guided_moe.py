@@ -135,3 +135,27 @@ def test_token_types_of_the_wrong_length_are_refused():
     moe.set_routing_context(torch.zeros(1, 5, dtype=torch.long), None)
     with pytest.raises(ValueError, match="token_type_ids must have the shape of input_ids"):
         moe(torch.randn(1, 4, 16))
+
+
+class _RecordedOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("guided", [True, False])
+def test_forward_and_backward_run_no_op_whose_output_shape_depends_on_the_data(guided):
+    """On a GPU each of these ops waits for the device (a host sync); the expert counts are read once, by
+    ``tolist``, which is no aten op."""
+    moe = make_moe(guided=guided)
+    x, types, valid = inputs()
+    moe.set_routing_context(types, valid)
+    with _RecordedOps() as recorded:
+        moe(x.clone().requires_grad_()).sum().backward()
+    syncing = {"aten.nonzero", "aten.masked_select", "aten._local_scalar_dense", "aten.bincount", "aten.unique"}
+    assert "aten.mm" in recorded.ops  # the recording sees the layer's ops
+    assert syncing.isdisjoint(recorded.ops), sorted(syncing & set(recorded.ops))

@@ -134,7 +134,7 @@ def resolve_settings(
     """The settings to encode with: ``saved`` (from ``source``, a checkpoint; None: the defaults) with the
     environment's overrides, each logged beside the saved value (see the module docstring for the rules)."""
     from ...detection.backend import BUNDLED_CHECKPOINT, BUNDLED_CONFIG, detector_record
-    from ...detection.store import BoxStore
+    from ...detection.box_index import BoxIndex
 
     given = setting_overrides(env)
     files = detector_files(env)
@@ -168,7 +168,7 @@ def resolve_settings(
             )
         return settings.replace(detector=detector or settings.detector) if detector else settings
     if training and settings.uses_crops:  # record what makes this run's crops
-        store_first = BoxStore(settings.boxes).first_entry() if settings.boxes else None
+        store_first = BoxIndex(settings.boxes).first_entry() if settings.boxes else None
         if store_first is not None:
             detector = store_first.get("detector") or detector
             policy = store_first.get("policy")

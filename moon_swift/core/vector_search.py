@@ -1,0 +1,136 @@
+"""The one place faiss indexes are built, so evaluation (``eval.index``) and mining (``data.negatives``) search
+with the same measured parameters (``benchmarks/ann_search.py``) instead of two copies drifting apart.
+
+Inner product over L2-normalised vectors throughout. Kinds:
+
+- ``flat``: exact (``IndexFlatIP``);
+- ``hnsw``: an HNSW graph over the vectors (``IndexHNSWFlat``);
+- ``ivf``: an inverted file. ``coarse="flat"`` (for serving): :data:`IVF_LISTS_PER_SQRT` x sqrt(N) lists
+  found by an exact search over the centroids; ``coarse="hnsw"`` (for mining, where every product is a
+  query): a list per :data:`IVF_LIST_SIZE` vectors found by an HNSW graph over the centroids, so the work per
+  query (``nprobe`` lists of a constant size plus a graph walk) stays about constant as the catalog grows.
+  ``storage="sq8"`` keeps 8-bit codes (a quarter of the vectors' memory) for callers that re-rank with the
+  vectors they already hold.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from .errors import MoonInputError
+
+Kind = Literal["flat", "hnsw", "ivf"]
+KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+#: HNSW graph degree, construction depth (faiss's default) and search depth (HNSW index and IVF quantizer)
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
+#: inverted lists: this many times sqrt(N) with the exact coarse search; with the HNSW one, a list per this many
+IVF_LISTS_PER_SQRT, IVF_LIST_SIZE = 4, 100
+#: inverted lists searched per query, and the search depth of the HNSW graph over the lists (at least nprobe)
+IVF_NPROBE, IVF_QUANTIZER_EF = 16, 32
+#: k-means sample: this many vectors per list, at most IVF_TRAIN_MAX in all (so training time stops growing with
+#: N where the lists follow N), and iterations (faiss's defaults, 256 per list and 25, take minutes at 1M)
+IVF_TRAIN_PER_LIST, IVF_TRAIN_MAX, IVF_TRAIN_ITERATIONS = 32, 2**17, 10
+
+
+Coarse = Literal["flat", "hnsw"]
+
+
+def ivf_lists(count: int, coarse: Coarse = "flat") -> int:
+    """The number of inverted lists for ``count`` vectors (at least one, at most one per 39 vectors)."""
+    wanted = round(IVF_LISTS_PER_SQRT * count**0.5) if coarse == "flat" else count // IVF_LIST_SIZE
+    return max(1, min(wanted, count // 39))
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise MoonInputError(f"must be a positive integer, got {value!r}", field=name)
+    return int(value)
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`KINDS`."""
+    if kind not in KINDS:
+        raise MoonInputError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}", field="kind")
+    return kind
+
+
+def build_index(
+    vectors: np.ndarray,
+    kind: Kind,
+    *,
+    hnsw_m: int = HNSW_M,
+    ef_search: int = HNSW_EF_SEARCH,
+    nlist: int | None = None,
+    nprobe: int = IVF_NPROBE,
+    quantizer_ef: int = IVF_QUANTIZER_EF,
+    coarse: Coarse = "flat",
+    storage: Literal["flat", "sq8"] = "flat",
+):
+    """A faiss index of ``kind`` holding ``vectors`` (row numbers are the ids), its search depth set.
+
+    ``nlist`` defaults to :func:`ivf_lists`; ``coarse`` and ``storage`` apply to ``ivf`` only."""
+    import faiss
+
+    check_kind(kind)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or not len(vectors):
+        raise MoonInputError(f"need a non-empty 2-D array of vectors, got shape {vectors.shape}", field="vectors")
+    count, dim = vectors.shape
+    hnsw_m, ef_search, nprobe = (_positive(name, value) for name, value in
+                                 (("hnsw_m", hnsw_m), ("ef_search", ef_search), ("nprobe", nprobe)))  # fmt: skip
+    if storage not in ("flat", "sq8"):
+        raise MoonInputError(f"storage must be flat or sq8, got {storage!r}", field="storage")
+    if coarse not in ("flat", "hnsw"):
+        raise MoonInputError(f"coarse search must be flat or hnsw, got {coarse!r}", field="coarse")
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    else:
+        nlist = ivf_lists(count, coarse) if nlist is None else _positive("nlist", nlist)
+        if nlist > count:
+            raise MoonInputError(f"{nlist} lists for {count} vectors: at most one list per vector", field="nlist")
+        if coarse == "hnsw":
+            quantizer = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        else:
+            quantizer = faiss.IndexFlatIP(dim)
+        if storage == "sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True  # inner product: centroids on the sphere
+        index.cp.niter = IVF_TRAIN_ITERATIONS
+        index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+        index.cp.min_points_per_centroid = 1
+        index.train(_training_sample(vectors, nlist))
+    index.add(vectors)
+    set_search_depth(index, ef_search=ef_search, nprobe=nprobe, quantizer_ef=quantizer_ef)
+    return index
+
+
+def _training_sample(vectors: np.ndarray, nlist: int) -> np.ndarray:
+    """Evenly spaced rows (reproducible, no copy of the whole array): k-means needs a sample, not all rows."""
+    want = min(len(vectors), nlist * IVF_TRAIN_PER_LIST, max(IVF_TRAIN_MAX, nlist))
+    step = max(1, len(vectors) // want)
+    return np.ascontiguousarray(vectors[::step][:want])
+
+
+def set_search_depth(index, *, ef_search: int = HNSW_EF_SEARCH, nprobe: int = IVF_NPROBE,
+                     quantizer_ef: int = IVF_QUANTIZER_EF) -> None:  # fmt: skip
+    """efSearch of an HNSW index, or nprobe of an IVF and the efSearch of its HNSW quantizer (at least nprobe)."""
+    import faiss
+
+    ef_search, nprobe = _positive("ef_search", ef_search), _positive("nprobe", nprobe)
+    quantizer_ef = _positive("quantizer_ef", quantizer_ef)
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = ef_search
+    elif isinstance(index, faiss.IndexIVF):
+        index.nprobe = min(nprobe, index.nlist)
+        quantizer = faiss.downcast_index(index.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = max(quantizer_ef, index.nprobe)

@@ -1,0 +1,95 @@
+import faiss
+import numpy as np
+import pytest
+
+from moon_swift.core.errors import MoonInputError
+from moon_swift.core.vector_search import (
+    HNSW_EF_SEARCH,
+    IVF_LIST_SIZE,
+    IVF_NPROBE,
+    build_index,
+    ivf_lists,
+    set_search_depth,
+)
+
+
+def _unit(x):
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(n, d=32, clusters=300, spread=0.5, seed=0):
+    """Products around fixed category centroids (the shape the defaults were chosen on, small): each a
+    centroid plus noise of norm ``spread``."""
+    centres = _unit(np.random.default_rng(100).standard_normal((clusters, d)))
+    rng = np.random.default_rng(seed)
+    return _unit(centres[rng.integers(clusters, size=n)] + spread * _unit(rng.standard_normal((n, d))))
+
+
+def recall_at_10(index, catalog, queries):
+    truth = np.argsort(-(queries @ catalog.T), axis=1)[:, :10]
+    found = index.search(queries, 10)[1]
+    return np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+
+
+def test_flat_is_exact_and_searches_row_numbers():
+    catalog, queries = clustered(1000, seed=1), clustered(30, seed=2)
+    ids = build_index(catalog, "flat").search(queries, 5)[1]
+    assert (ids == np.argsort(-(queries @ catalog.T), axis=1)[:, :5]).all()
+
+
+def test_ivf_lists_follow_sqrt_n_with_the_exact_coarse_search_and_n_with_the_graph():
+    assert ivf_lists(10) == 1 and ivf_lists(100_000) == 1265 and ivf_lists(1_000_000) == 4000
+    assert ivf_lists(10_000) == 10_000 // 39  # at least 39 vectors a list, k-means needs them
+    assert ivf_lists(100 * IVF_LIST_SIZE, "hnsw") == 100 and ivf_lists(1000 * IVF_LIST_SIZE, "hnsw") == 1000
+    index = build_index(clustered(40 * IVF_LIST_SIZE), "ivf", coarse="hnsw")
+    assert index.nlist == 40 and index.nprobe == IVF_NPROBE
+    quantizer = faiss.downcast_index(index.quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.ntotal == 40
+    assert quantizer.hnsw.efSearch >= index.nprobe
+
+
+@pytest.mark.parametrize("coarse", ["flat", "hnsw"])
+def test_ivf_at_the_defaults_keeps_recall_that_one_probe_loses(coarse):
+    catalog, queries = clustered(40_000, seed=3), clustered(300, seed=4)
+    index = build_index(catalog, "ivf", coarse=coarse)
+    assert recall_at_10(index, catalog, queries) >= 0.95
+    set_search_depth(index, nprobe=1)
+    assert recall_at_10(index, catalog, queries) < 0.95  # the bound is one the default probing has to earn
+
+
+def test_hnsw_at_the_default_depth_reaches_the_bound():
+    catalog, queries = clustered(20_000, seed=5), clustered(300, seed=6)
+    index = build_index(catalog, "hnsw")
+    assert index.hnsw.efSearch == HNSW_EF_SEARCH
+    assert recall_at_10(index, catalog, queries) >= 0.95
+
+
+def test_eight_bit_storage_is_a_quarter_of_the_vectors_and_ranks_like_them():
+    catalog, queries = clustered(10_000, seed=7), clustered(200, seed=8)
+    codes = build_index(catalog, "ivf", coarse="hnsw", storage="sq8")
+    assert codes.code_size == catalog.shape[1]  # one byte per dimension, not four
+    assert recall_at_10(codes, catalog, queries) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "field"),
+    [
+        ("annoy", {}, "kind"),
+        ("ivf", {"nprobe": 0}, "nprobe"),
+        ("hnsw", {"hnsw_m": -1}, "hnsw_m"),
+        ("hnsw", {"ef_search": 2.5}, "ef_search"),
+        ("ivf", {"nlist": 5000}, "nlist"),
+        ("ivf", {"storage": "pq"}, "storage"),
+        ("ivf", {"coarse": "kmeans"}, "coarse"),
+    ],
+)
+def test_bad_kinds_and_parameters_are_refused_by_name(kind, options, field):
+    with pytest.raises(MoonInputError) as error:
+        build_index(clustered(1000), kind, **options)
+    assert error.value.field == field
+
+
+def test_no_vectors_is_refused():
+    with pytest.raises(MoonInputError, match="non-empty"):
+        build_index(np.zeros((0, 8), dtype=np.float32), "flat")
