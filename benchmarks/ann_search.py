@@ -10,7 +10,9 @@ new products drawn like the catalog (not catalog rows: a query never finds itsel
 - ``hnsw``: ``IndexHNSWFlat`` (M 32, efConstruction 40), efSearch swept, up to ``--hnsw-up-to`` vectors (its
   build is the slowest: build it at larger sizes by raising the bound);
 - ``ivf``: ``moon_swift.core.vector_search``'s ``IndexIVFFlat`` (nlist = 4 sqrt(N), exact coarse search),
-  nprobe swept; ``ivf hnswq``: its mining variant (an HNSW graph over the centroids, a list per
+  nprobe swept; ``ivf sq8 rf``: the same lists holding 8-bit codes, the best ``IVF_REFINE_FACTOR`` x 10
+  re-ranked exactly (``IndexRefineFlat``): what ``moon-swift index`` builds for ``ivf`` and large ``auto``;
+  ``ivf hnswq``: its mining variant (an HNSW graph over the centroids, a list per
   ``IVF_LIST_SIZE`` vectors: per-query work about constant in N), nprobe swept;
 - ``milvus``: Milvus Lite (``pymilvus`` + ``milvus-lite``) IVF_FLAT, up to ``--milvus-up-to`` vectors.
 
@@ -47,7 +49,7 @@ sys.path.insert(0, str(REPO))
 SHARED_DATA = Path(os.environ.get("MOON_SHARED_DATA", REPO.parent / "shared" / "data"))
 CATALOG = SHARED_DATA / "fashion-catalog-dev" / "products.csv"
 EF_SEARCH = (16, 32, 64, 128, 256)
-NPROBE = (1, 2, 4, 8, 16, 32, 64, 128)
+NPROBE = (1, 2, 4, 8, 12, 16, 20, 24, 32, 64, 128)
 GOAL_RECALL, GOAL_SPEEDUP = 0.95, 20.0
 COMPONENT_WEIGHTS = {"masterCategory": 1.0, "subCategory": 1.0, "articleType": 1.0, "gender": 0.5,
                      "baseColour": 0.5, "season": 0.5, "usage": 0.5}  # fmt: skip
@@ -172,7 +174,7 @@ def milvus_rows(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, repeat
 
 
 def measure(size: int, data: str, args) -> list[dict]:
-    from moon_swift.core.vector_search import HNSW_M, build_index, ivf_lists, set_search_depth
+    from moon_swift.core.vector_search import HNSW_M, IVF_REFINE_FACTOR, build_index, ivf_lists, set_search_depth
 
     make_data = clustered if data == "clustered" else random_sphere
     vectors = make_data(size + args.queries, args.dim, seed=size)
@@ -197,9 +199,10 @@ def measure(size: int, data: str, args) -> list[dict]:
                          "recall": recall_at_10(ids, truth), "memory": memory})  # fmt: skip
             print(f"  {size} {data} {method} {describe_now}: {rows[-1]['recall']:.3f}", file=sys.stderr, flush=True)
 
-    for method, coarse in (("ivf", "flat"), ("ivf hnswq", "hnsw")):
+    refined = {"storage": "sq8", "refine_factor": IVF_REFINE_FACTOR}
+    for method, coarse, storage in (("ivf", "flat", {}), ("ivf sq8 rf", "flat", refined), ("ivf hnswq", "hnsw", {})):
         nlist = ivf_lists(size, coarse)
-        index, seconds, memory = built(lambda coarse=coarse: build_index(base, "ivf", coarse=coarse))
+        index, seconds, memory = built(lambda c=coarse, s=storage: build_index(base, "ivf", coarse=c, **s))
 
         def ivf_depth(nprobe, index=index, nlist=nlist):
             set_search_depth(index, nprobe=nprobe)
@@ -246,7 +249,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.threads)
     print(f"top-10 inner product, {args.queries} queries, dim {args.dim}, faiss {faiss.__version__}, "
           f"{faiss.omp_get_max_threads()} threads")  # fmt: skip
-    header = (f"{'size':>9} {'data':<9} {'method':<9} {'parameters':<30} {'build s':>8} {'queries/s':>10} "
+    header = (f"{'size':>9} {'data':<9} {'method':<10} {'parameters':<30} {'build s':>8} {'queries/s':>10} "
               f"{'spread':>6} {'x flat':>7} {'recall@10':>9} {'MiB':>6}")  # fmt: skip
     best = []
     for size in args.sizes:
@@ -256,15 +259,15 @@ def main() -> None:
             print(header)
             for r in rows:
                 if "note" in r:
-                    print(f"{size:>9} {data:<9} {r['method']:<9} {r['note']}")
+                    print(f"{size:>9} {data:<9} {r['method']:<10} {r['note']}")
                     continue
                 r["speedup"] = r["qps"] / flat_qps
-                print(f"{size:>9} {data:<9} {r['method']:<9} {r['params']:<30} {r['build']:8.1f} {r['qps']:10.0f} "
+                print(f"{size:>9} {data:<9} {r['method']:<10} {r['params']:<30} {r['build']:8.1f} {r['qps']:10.0f} "
                       f"{r['spread']:6.0%} {r['speedup']:7.1f} {r['recall']:9.3f} {r['memory']:6.0f}")  # fmt: skip
             for method in dict.fromkeys(r["method"] for r in rows if "note" not in r and r["method"] != "flat"):
                 ok = [r for r in rows if r["method"] == method and "note" not in r and r["recall"] >= GOAL_RECALL]
                 top = max(ok, key=lambda r: r["qps"]) if ok else None
-                best.append(f"{size:>9} {data:<9} {method:<9} " + (
+                best.append(f"{size:>9} {data:<9} {method:<10} " + (
                     f"{top['params']:<30} {top['speedup']:6.1f}x flat at recall@10 {top['recall']:.3f}: goal "
                     + ("met" if top["speedup"] >= GOAL_SPEEDUP else "not met") if top
                     else f"never reaches recall@10 {GOAL_RECALL}"))  # fmt: skip

@@ -11,7 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from moon_swift.integrations.swift.exit_abort import EXIT_TIME_ABORT, aborted_after_finishing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOON_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -24,11 +27,34 @@ def swift_executable() -> str:
 
 
 def run_cli(args: list[str], *, cwd: Path = REPO_ROOT, env: dict | None = None, timeout: float = 900):
-    """Run a console command of this environment; returns the CompletedProcess (output merged)."""
+    """Run a console command of this environment; returns the CompletedProcess (output merged).
+
+    A swift run that finished and then aborted at interpreter exit (:data:`EXIT_TIME_ABORT`) is run once more
+    from an empty ``--output_dir``, with a warning, so the tests judge a run that exited cleanly; not when it
+    resumes from a checkpoint inside its own output folder (that would be lost), and never more than once."""
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return subprocess.run(
-        args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
-    )
+
+    def run():
+        return subprocess.run(
+            args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+        )
+
+    result = run()
+    if result.returncode == 0 or not aborted_after_finishing(result.stdout):
+        return result
+    output_dir = _option(args, "--output_dir")
+    resume = _option(args, "--resume_from_checkpoint")
+    if output_dir is None or (resume is not None and Path(output_dir).resolve() in Path(resume).resolve().parents):
+        return result
+    command = f"{Path(args[0]).name} {args[1]}"
+    warnings.warn(f"{command}: aborted at exit after finishing ({EXIT_TIME_ABORT!r}); rerun once", stacklevel=2)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return run()
+
+
+def _option(args: list[str], name: str) -> str | None:
+    values = [str(args[i + 1]) for i, arg in enumerate(args[:-1]) if str(arg) == name]
+    return values[-1] if values else None
 
 
 #: `swift sft` options of the runs that compare gradients: two steps of plain SGD without clipping or warm-up (every

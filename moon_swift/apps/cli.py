@@ -524,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INDEX_KINDS,
         default="auto",
         help="faiss index: auto (the default: flat = exact up to 100,000 products, ivf above), flat, ivf (4 sqrt(N) "
-        "inverted lists, 16 searched) or hnsw (M 32, efSearch 64); README: approximate search",
+        "inverted lists of 8-bit codes, 16 searched, the best 2k re-ranked exactly) or hnsw (M 32, efSearch 64); "
+        "README: approximate search",
     )
     p.add_argument(
         "--milvus-uri", help="Milvus server URI (default: Milvus Lite file OUT/milvus.db); token: $MILVUS_TOKEN"

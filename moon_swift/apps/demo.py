@@ -38,6 +38,7 @@ from ..core.errors import MoonInputError
 from ..data import read_fashion_catalog, write_jsonl, write_records
 from ..data.study import RETRIEVAL_TASKS, StudyData, build_study_data, study_rows
 from ..eval.seeds import Spread, separated, summarize
+from ..integrations.swift.exit_abort import EXIT_TIME_ABORT, aborted_after_finishing
 from ..losses.moon_infonce import QUEUE_WEIGHTS
 from ..modeling.upcycle import upcycle
 from .tiny_model import make_tiny
@@ -139,9 +140,12 @@ def train_with_swift(recipe: Path, model_dir: Path, train_jsonl: Path, output_di
             if "'train_runtime'" in line or "Error" in line:
                 print("    " + line.strip(), flush=True)
         returncode = process.wait()
-    if returncode != 0:
-        raise RuntimeError(f"swift sft failed (exit {returncode}); full log: {log_path}")
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if returncode != 0 and checkpoints and aborted_after_finishing(log_path.read_text()):
+        _step(f"    swift sft aborted at exit after finishing ({EXIT_TIME_ABORT!r}, exit {returncode}): a known "
+              f"torch/gloo teardown race; its checkpoints are complete, kept. Full log: {log_path}")  # fmt: skip
+    elif returncode != 0:
+        raise RuntimeError(f"swift sft failed (exit {returncode}); full log: {log_path}")
     if not checkpoints:
         raise RuntimeError(f"swift sft wrote no checkpoint under {output_dir}; full log: {log_path}")
     return checkpoints[-1]

@@ -10,7 +10,10 @@ Inner product over L2-normalised vectors throughout. Kinds:
   query): a list per :data:`IVF_LIST_SIZE` vectors found by an HNSW graph over the centroids, so the work per
   query (``nprobe`` lists of a constant size plus a graph walk) stays about constant as the catalog grows.
   ``storage="sq8"`` keeps 8-bit codes (a quarter of the vectors' memory) for callers that re-rank with the
-  vectors they already hold.
+  vectors they already hold; ``refine_factor=F`` makes the index re-rank itself: it keeps a float copy too
+  (``IndexRefineFlat``) and orders the codes' best ``F x k`` by the exact inner product. Scanning 8-bit codes
+  is faster than scanning floats, and the re-ranking gives back the recall the codes lose: at 1M products
+  this reached recall@10 0.958 at 32x flat where ``IndexIVFFlat`` reached it at 18-21x (README).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ IVF_NPROBE, IVF_QUANTIZER_EF = 16, 32
 #: k-means sample: this many vectors per list, at most IVF_TRAIN_MAX in all (so training time stops growing with
 #: N where the lists follow N), and iterations (faiss's defaults, 256 per list and 25, take minutes at 1M)
 IVF_TRAIN_PER_LIST, IVF_TRAIN_MAX, IVF_TRAIN_ITERATIONS = 32, 2**17, 10
+#: candidates re-ranked exactly per result wanted (``refine_factor``): 4 found no more of the true top 10 than 2
+IVF_REFINE_FACTOR = 2
 
 
 Coarse = Literal["flat", "hnsw"]
@@ -67,10 +72,12 @@ def build_index(
     quantizer_ef: int = IVF_QUANTIZER_EF,
     coarse: Coarse = "flat",
     storage: Literal["flat", "sq8"] = "flat",
+    refine_factor: int = 0,
 ):
     """A faiss index of ``kind`` holding ``vectors`` (row numbers are the ids), its search depth set.
 
-    ``nlist`` defaults to :func:`ivf_lists`; ``coarse`` and ``storage`` apply to ``ivf`` only."""
+    ``nlist`` defaults to :func:`ivf_lists`; ``coarse``, ``storage`` and ``refine_factor`` (0: no exact
+    re-ranking) apply to ``ivf`` only."""
     import faiss
 
     check_kind(kind)
@@ -80,6 +87,8 @@ def build_index(
     count, dim = vectors.shape
     hnsw_m, ef_search, nprobe = (_positive(name, value) for name, value in
                                  (("hnsw_m", hnsw_m), ("ef_search", ef_search), ("nprobe", nprobe)))  # fmt: skip
+    if isinstance(refine_factor, bool) or not isinstance(refine_factor, int | np.integer) or refine_factor < 0:
+        raise MoonInputError(f"must be 0 (off) or a positive integer, got {refine_factor!r}", field="refine_factor")
     if storage not in ("flat", "sq8"):
         raise MoonInputError(f"storage must be flat or sq8, got {storage!r}", field="storage")
     if coarse not in ("flat", "hnsw"):
@@ -108,9 +117,22 @@ def build_index(
         index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
         index.cp.min_points_per_centroid = 1
         index.train(_training_sample(vectors, nlist))
+        if refine_factor:
+            index = _refined(index, int(refine_factor))
     index.add(vectors)
     set_search_depth(index, ef_search=ef_search, nprobe=nprobe, quantizer_ef=quantizer_ef)
     return index
+
+
+def _refined(ivf, factor: int):
+    """``ivf`` (trained, empty) inside an exact re-ranker; ``add`` fills both, the wrapper owns the IVF."""
+    import faiss
+
+    refined = faiss.IndexRefineFlat(ivf)
+    ivf.this.disown()  # freed with the wrapper, which also writes and reads it with write_index / read_index
+    refined.own_fields = True
+    refined.k_factor = factor
+    return refined
 
 
 def _training_sample(vectors: np.ndarray, nlist: int) -> np.ndarray:
@@ -122,11 +144,15 @@ def _training_sample(vectors: np.ndarray, nlist: int) -> np.ndarray:
 
 def set_search_depth(index, *, ef_search: int = HNSW_EF_SEARCH, nprobe: int = IVF_NPROBE,
                      quantizer_ef: int = IVF_QUANTIZER_EF) -> None:  # fmt: skip
-    """efSearch of an HNSW index, or nprobe of an IVF and the efSearch of its HNSW quantizer (at least nprobe)."""
+    """efSearch of an HNSW index, or nprobe of an IVF and the efSearch of its HNSW quantizer (at least nprobe);
+    of the IVF inside an exact re-ranker (:func:`build_index` ``refine_factor``, or one read back from disk)."""
     import faiss
 
     ef_search, nprobe = _positive("ef_search", ef_search), _positive("nprobe", nprobe)
     quantizer_ef = _positive("quantizer_ef", quantizer_ef)
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.base_index)
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = ef_search
     elif isinstance(index, faiss.IndexIVF):

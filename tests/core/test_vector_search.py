@@ -72,6 +72,33 @@ def test_eight_bit_storage_is_a_quarter_of_the_vectors_and_ranks_like_them():
     assert recall_at_10(codes, catalog, queries) >= 0.9
 
 
+def test_exact_re_ranking_gives_back_what_the_codes_lose_and_survives_a_round_trip(tmp_path):
+    import faiss
+
+    catalog, queries = clustered(10_000, seed=9), clustered(300, seed=10)
+    codes = build_index(catalog, "ivf", nlist=64, nprobe=8, storage="sq8")
+    refined = build_index(catalog, "ivf", nlist=64, nprobe=8, storage="sq8", refine_factor=2)
+    floats = build_index(catalog, "ivf", nlist=64, nprobe=8)
+    assert isinstance(refined, faiss.IndexRefineFlat) and refined.k_factor == 2
+    assert recall_at_10(refined, catalog, queries) > recall_at_10(codes, catalog, queries)
+    assert recall_at_10(refined, catalog, queries) >= recall_at_10(floats, catalog, queries) - 0.01
+    scores, ids = refined.search(queries, 10)  # re-ranked: the exact inner products, not the codes' estimate
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, catalog[ids]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(codes.search(queries, 10)[0], np.einsum("qd,qkd->qk", queries, catalog[codes.search(
+        queries, 10)[1]]), rtol=1e-5, atol=1e-6)  # fmt: skip
+
+    faiss.write_index(refined, str(tmp_path / "refined.faiss"))
+    back = faiss.read_index(str(tmp_path / "refined.faiss"))
+    assert (back.search(queries, 10)[1] == refined.search(queries, 10)[1]).all()
+    set_search_depth(back, nprobe=1)  # reaches the IVF inside the wrapper
+    assert faiss.downcast_index(back.base_index).nprobe == 1
+    assert recall_at_10(back, catalog, queries) < recall_at_10(refined, catalog, queries)
+
+    more = clustered(100, seed=11)
+    refined.add(more)  # later rows go to the codes and to the re-ranking copy alike
+    assert (refined.search(more[:20], 1)[1][:, 0] == np.arange(10_000, 10_020)).all()
+
+
 @pytest.mark.parametrize(
     ("kind", "options", "field"),
     [
@@ -82,6 +109,7 @@ def test_eight_bit_storage_is_a_quarter_of_the_vectors_and_ranks_like_them():
         ("ivf", {"nlist": 5000}, "nlist"),
         ("ivf", {"storage": "pq"}, "storage"),
         ("ivf", {"coarse": "kmeans"}, "coarse"),
+        ("ivf", {"refine_factor": -1}, "refine_factor"),
     ],
 )
 def test_bad_kinds_and_parameters_are_refused_by_name(kind, options, field):

@@ -58,6 +58,7 @@ def test_auto_above_its_bound_keeps_recall_at_the_default_parameters(monkeypatch
     catalog, queries = _clustered(40_000, seed=1), _clustered(300, seed=2)
     index = VectorIndex(32, "auto").add(catalog)
     assert index.built_kind == AUTO_APPROXIMATE
+    assert type(index.index).__name__ == "IndexRefineFlat"  # 8-bit codes re-ranked exactly (IVF_STORAGE)
     assert _recall_at_10(index, catalog, queries) >= 0.95
     weak = VectorIndex(32, AUTO_APPROXIMATE, nprobe=1, ef_search=1).add(catalog)
     assert _recall_at_10(weak, catalog, queries) < 0.95
