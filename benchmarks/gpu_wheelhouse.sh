@@ -19,7 +19,7 @@
 #   sizes.txt      each wheel's size; the total is printed against the 64 MiB that may travel with the tree
 #
 # Environment: PYTHON (default .venv/bin/python: a Python with this project installed, torch included, for the
-# DeepSpeed build and `moon-swift detect`), BUILD_PYTHON (default: python3.12 on PATH; it builds the wheels
+# DeepSpeed build and `moon-swift detect`), BUILD_PYTHON (default: python3.12 on PATH, else pyenv's 3.12; it builds the wheels
 # of other sdists, linux_x86_64 wheels where they have C code), PRODUCTS, CATALOG (default ../shared/data/fashion-catalog-dev),
 # TARGET_PYTHON (3.12), TARGET_PLATFORM (the manylinux tags of glibc 2.28), GPU_TORCH (2.11.*), GPU_TRANSFORMERS (5.17.*).
 set -euo pipefail
@@ -36,10 +36,15 @@ TARGET_PLATFORM=${TARGET_PLATFORM:-$(for n in $(seq 28 -1 5); do printf 'manylin
     manylinux2014_x86_64 manylinux2010_x86_64 manylinux1_x86_64 linux_x86_64)}
 GPU_TORCH=${GPU_TORCH:-2.11.*}
 GPU_TRANSFORMERS=${GPU_TRANSFORMERS:-5.17.*}
-# sdists with C code (crcmod, ...) must be built by the target's Python version: the first python3.12 on PATH
+# sdists with C code (crcmod, ...) must be built by the target's Python version: the first python3.12 on PATH that
+# runs, else pyenv's newest 3.12 (its shim fails while another version is selected), else PYTHON (a C sdist then
+# stops the script, naming BUILD_PYTHON)
 if [ -z "${BUILD_PYTHON:-}" ]; then
-    BUILD_PYTHON=$(command -v "python$TARGET_PYTHON" || true)
-    "${BUILD_PYTHON:-false}" -c '' 2> /dev/null || BUILD_PYTHON=$PYTHON  # e.g. a pyenv shim of another version
+    for candidate in "$(command -v "python$TARGET_PYTHON" || true)" \
+        $(ls -d "$(pyenv root 2> /dev/null || echo /nonexistent)/versions/$TARGET_PYTHON".*/bin/python"$TARGET_PYTHON" \
+            2> /dev/null | sort -V -r) "$PYTHON"; do
+        if [ -n "$candidate" ] && "$candidate" -c '' 2> /dev/null; then BUILD_PYTHON=$candidate; break; fi
+    done
 fi
 LIMIT_MIB=64
 
