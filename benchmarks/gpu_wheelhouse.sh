@@ -19,9 +19,10 @@
 #   sizes.txt      each wheel's size; the total is printed against the 64 MiB that may travel with the tree
 #
 # Environment: PYTHON (default .venv/bin/python: a Python with this project installed, torch included, for the
-# DeepSpeed build and `moon-swift detect`), BUILD_PYTHON (default: python3.12 on PATH, else pyenv's 3.12; it builds the wheels
-# of other sdists, linux_x86_64 wheels where they have C code), PRODUCTS, CATALOG (default ../shared/data/fashion-catalog-dev),
-# TARGET_PYTHON (3.12), TARGET_PLATFORM (the manylinux tags of glibc 2.28), GPU_TORCH (2.11.*), GPU_TRANSFORMERS (5.17.*).
+# DeepSpeed build and `moon-swift detect`), BUILD_PYTHON (default: python3.12 on PATH, else pyenv's 3.12; it builds
+# the wheels of other sdists, linux_x86_64 wheels where they have C code), PRODUCTS, CATALOG (default
+# ../shared/data/fashion-catalog-dev), TARGET_PYTHON (3.12), TARGET_PLATFORM (the manylinux tags of glibc 2.28),
+# GPU_TORCH (2.11.*), GPU_TRANSFORMERS (5.17.*).
 set -euo pipefail
 
 OUT=${1:-runs/gpu_bundle}
@@ -41,8 +42,8 @@ GPU_TRANSFORMERS=${GPU_TRANSFORMERS:-5.17.*}
 # stops the script, naming BUILD_PYTHON)
 if [ -z "${BUILD_PYTHON:-}" ]; then
     for candidate in "$(command -v "python$TARGET_PYTHON" || true)" \
-        $(ls -d "$(pyenv root 2> /dev/null || echo /nonexistent)/versions/$TARGET_PYTHON".*/bin/python"$TARGET_PYTHON" \
-            2> /dev/null | sort -V -r) "$PYTHON"; do
+        $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$TARGET_PYTHON".*/bin/python"$TARGET_PYTHON" 2> /dev/null \
+            | sort -V -r) "$PYTHON"; do
         if [ -n "$candidate" ] && "$candidate" -c '' 2> /dev/null; then BUILD_PYTHON=$candidate; break; fi
     done
 fi
