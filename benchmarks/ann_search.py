@@ -13,7 +13,7 @@ new products drawn like the catalog (not catalog rows: a query never finds itsel
   nprobe swept; ``ivf sq8 rf``: the same lists holding 8-bit codes, the best ``IVF_REFINE_FACTOR`` x 10
   re-ranked exactly (``IndexRefineFlat``): what ``moon-swift index`` builds for ``ivf`` and large ``auto``;
   ``ivf hnswq``: its mining variant (an HNSW graph over the centroids, a list per
-  ``IVF_LIST_SIZE`` vectors: per-query work about constant in N), nprobe swept;
+  ``IVF_LIST_SIZE`` vectors on average: per-query work about constant in N while the lists stay equal), nprobe swept;
 - ``milvus``: Milvus Lite (``pymilvus`` + ``milvus-lite``) IVF_FLAT, up to ``--milvus-up-to`` vectors.
 
 Per row: build seconds, queries/s (best of ``--repeats`` searches; the spread between repeats is printed),

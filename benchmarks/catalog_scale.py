@@ -19,6 +19,9 @@ every 3 consecutive products one group (colour variants). Stages, as `moon-swift
 
 Per search and embeddings, the share of the exact negatives found, on 2,000 sampled training products whose
 exact negatives are computed apart (faiss exact top-k of those rows against all), so it is known at 1M too.
+For ``ivf``, faiss's own counters (``indexIVF_stats``) describe the search: codes scanned per query, and the
+share of its time in the coarse quantizer (the rest is scanning lists; faiss sums the threads' times, so a
+share, not seconds).
 It prints seconds and microseconds per product for every stage, the peak RSS after ``prepare`` and at the
 end, and the ratio of time per product between the largest and the smallest size.
 """
@@ -56,6 +59,7 @@ def write_catalog(path: Path, products: int) -> None:
 
 def measure(products: int, args) -> dict:
     """One size, in this process: seconds per stage, the share of exact negatives found, the peak RSS."""
+    import faiss
     import numpy as np
     from ann_search import clustered
 
@@ -75,7 +79,13 @@ def measure(products: int, args) -> dict:
     records, pairs = load_products(str(catalog), "records")
     prepare_data(records, pairs, workdir / "prepared", hard_negatives=negatives, seed=0)
     seconds["prepare"] = time.perf_counter() - start
-    result = {"products": products, "seconds": seconds, "found": {}, "prepare_peak_mib": status_bytes("VmHWM") / 2**20}
+    result = {
+        "products": products,
+        "seconds": seconds,
+        "found": {},
+        "ivf": {},
+        "prepare_peak_mib": status_bytes("VmHWM") / 2**20,
+    }
 
     train, _ = split_records(records, 0.1)  # in catalog order: product numbers ascending
     del records, pairs
@@ -96,9 +106,14 @@ def measure(products: int, args) -> dict:
         for search in args.searches:
             if len(train) > limits.get(search, len(train)):
                 continue
+            stats = faiss.cvar.indexIVF_stats
+            stats.reset()
             start = time.perf_counter()
             mined = mined_negatives(train, vectors, negatives, search=search)
             seconds[f"mine {search} {kind}"] = time.perf_counter() - start
+            if search == "ivf":
+                searching = stats.quantization_time + stats.search_time
+                result["ivf"][kind] = {"codes": stats.ndis / stats.nq, "quantizer": stats.quantization_time / searching}
             assert len(mined) == len(train) and all(len(m) == negatives for m in mined)
             found = sum(len({r.product_id for r in mined[row]} & truth[i]) for i, row in enumerate(sample))
             result["found"][f"{search} {kind}"] = found / (negatives * len(sample))
@@ -159,6 +174,12 @@ def main() -> None:
         for name, share in r["found"].items():
             print(f"mine {name} at {r['products']} products: {share:.3f} of the exact negatives found "
                   f"({min(SAMPLE, r['products'])} sampled products)")  # fmt: skip
+    for r in results:
+        for kind, split in r["ivf"].items():
+            print(
+                f"mine ivf {kind} at {r['products']} products: {split['codes']:.0f} codes scanned per query, "
+                f"{split['quantizer']:.0%} of the search time in the quantizer"
+            )
     small, large = results[0], results[-1]
     growth = large["products"] / small["products"]
     ratios = ", ".join(f"{s} {large['seconds'][s] / small['seconds'][s] / growth:.2f}x" for s in stages

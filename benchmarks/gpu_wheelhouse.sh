@@ -3,30 +3,35 @@
 #
 #   benchmarks/gpu_wheelhouse.sh [OUT] [GPU_FREEZE]        (from the repository root; OUT default runs/gpu_bundle)
 #
+# GPU_FREEZE says what the GPU machine already has: `pip freeze` run there, carried here as text, or by default
+# benchmarks/gpu_machine_packages.txt (this project's GPU test machine as the workplace's notes list it; a bare
+# name there is a package of unknown version). Its known versions constrain the resolution; which packages are
+# then carried is benchmarks/gpu_wheels_to_carry.py's rule (a package of unknown version there is carried only
+# when a requirement bounds it from above; the others it leaves to the machine are printed by name).
+#
 # OUT gets:
 #   wheels/        the wheels the GPU machine lacks, for CPython 3.12 on manylinux x86_64: ms-swift 4.6.0, DeepSpeed
 #                  (an sdist on PyPI: built here with `pip wheel --no-deps`), ModelScope, their dependencies, and
-#                  hatchling for the editable install of this checkout (the working tree travels anyway). Not torch,
-#                  nor what the machine already has: the packages of GPU_FREEZE (`pip freeze` run there, carried
-#                  here as text), or, without it, what resolving the machine's stated packages gives (torch 2.11,
-#                  transformers 5.17, peft, accelerate, sentence-transformers, timm and their dependencies, for
-#                  that platform): an estimate, printed as such. No MMDetection / mmcv / mmengine, faiss or
-#                  Milvus: the check's training and encoding path does not import them
-#                  (tests/benchmarks/test_gpu_check.py runs it with them unimportable).
+#                  hatchling for the editable install of this checkout (the working tree travels anyway). Not
+#                  torch. No MMDetection / mmcv / mmengine, faiss or Milvus: the check's training and encoding path
+#                  does not import them (tests/benchmarks/test_gpu_check.py runs it with them unimportable).
 #   catalog/       the first PRODUCTS (default 1000) products of the dev catalog (products.csv + images/, copies)
 #   boxes.jsonl    their core-product boxes (`moon-swift detect`, the bundled detector, here on the CPU)
 #   install.sh     run on the GPU machine from the repository root: offline install of wheels/ + this checkout
+#                  into $PYTHON there (default python3: on the project's GPU machine the one with torch)
 #   sizes.txt      each wheel's size; the total is printed against the 64 MiB that may travel with the tree
+#   expected_on_machine.txt   what the install takes from the machine (benchmarks/gpu_standin.sh builds a
+#                  stand-in of the machine from it)
 #
 # Environment: PYTHON (default .venv/bin/python: a Python with this project installed, torch included, for the
-# DeepSpeed build and `moon-swift detect`), BUILD_PYTHON (default: python3.12 on PATH, else pyenv's 3.12; it builds
-# the wheels of other sdists, linux_x86_64 wheels where they have C code), PRODUCTS, CATALOG (default
-# ../shared/data/fashion-catalog-dev), TARGET_PYTHON (3.12), TARGET_PLATFORM (the manylinux tags of glibc 2.28),
-# GPU_TORCH (2.11.*), GPU_TRANSFORMERS (5.17.*).
+# DeepSpeed build and `moon-swift detect`), BUILD_PYTHON (a Python 3.12, default python3.12 on PATH, else pyenv's:
+# it resolves, downloads, and builds the wheels of other sdists, linux_x86_64 ones where they have C code),
+# PRODUCTS, CATALOG (default ../shared/data/fashion-catalog-dev), TARGET_PYTHON (3.12), TARGET_PLATFORM (the
+# manylinux tags of glibc 2.28).
 set -euo pipefail
 
 OUT=${1:-runs/gpu_bundle}
-GPU_FREEZE=${2:-}
+GPU_FREEZE=${2:-benchmarks/gpu_machine_packages.txt}
 PYTHON=${PYTHON:-.venv/bin/python}
 PRODUCTS=${PRODUCTS:-1000}
 CATALOG=${CATALOG:-../shared/data/fashion-catalog-dev}
@@ -35,32 +40,26 @@ TARGET_PYTHON=${TARGET_PYTHON:-3.12}
 # excludes them, and pip does not widen an explicit --platform, so every tag of a glibc 2.28 machine is given
 TARGET_PLATFORM=${TARGET_PLATFORM:-$(for n in $(seq 28 -1 5); do printf 'manylinux_2_%s_x86_64 ' "$n"; done; echo \
     manylinux2014_x86_64 manylinux2010_x86_64 manylinux1_x86_64 linux_x86_64)}
-GPU_TORCH=${GPU_TORCH:-2.11.*}
-GPU_TRANSFORMERS=${GPU_TRANSFORMERS:-5.17.*}
-# sdists with C code (crcmod, ...) must be built by the target's Python version: the first python3.12 on PATH that
-# runs, else pyenv's newest 3.12 (its shim fails while another version is selected), else PYTHON (a C sdist then
-# stops the script, naming BUILD_PYTHON)
-if [ -z "${BUILD_PYTHON:-}" ]; then
-    for candidate in "$(command -v "python$TARGET_PYTHON" || true)" \
-        $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$TARGET_PYTHON".*/bin/python"$TARGET_PYTHON" 2> /dev/null \
-            | sort -V -r) "$PYTHON"; do
-        if [ -n "$candidate" ] && "$candidate" -c '' 2> /dev/null; then BUILD_PYTHON=$candidate; break; fi
-    done
-fi
-LIMIT_MIB=64
+LIMIT_MIB=64  # what may travel to the device machine with the working tree
 
 die() { echo "gpu_wheelhouse: $*" >&2; exit 2; }
 [ -f pyproject.toml ] && [ -f benchmarks/gpu_check.py ] || die "run from the repository root"
+FALLBACK_PYTHON=$PYTHON
+# shellcheck source=benchmarks/target_python.sh
+source benchmarks/target_python.sh
 [ -x "$PYTHON" ] || die "PYTHON=$PYTHON is not an executable Python (set PYTHON)"
+python_version_is "${BUILD_PYTHON:-}" "$TARGET_PYTHON" \
+    || die "BUILD_PYTHON=${BUILD_PYTHON:-} is not a Python $TARGET_PYTHON (set BUILD_PYTHON to one: it resolves for it)"
 [ -f "$CATALOG/products.csv" ] || die "CATALOG=$CATALOG has no products.csv (a fashion catalog: products.csv + images/)"
-[ -z "$GPU_FREEZE" ] || [ -f "$GPU_FREEZE" ] || die "GPU_FREEZE: no file $GPU_FREEZE (pip freeze of the GPU machine)"
+[ -f "$GPU_FREEZE" ] || die "GPU_FREEZE: no file $GPU_FREEZE (pip freeze of the GPU machine)"
 MOON_SWIFT=$(dirname "$PYTHON")/moon-swift
 [ -x "$MOON_SWIFT" ] || die "no moon-swift beside $PYTHON: install this project into that environment"
 
 rm -rf "$OUT"
 mkdir -p "$OUT/wheels" "$OUT/work"
 WORK=$OUT/work
-PIP=("$PYTHON" -m pip --disable-pip-version-check)
+PIP=("$PYTHON" -m pip --disable-pip-version-check)  # builds DeepSpeed, with this project's torch
+TARGET_PIP=("$BUILD_PYTHON" -m pip --disable-pip-version-check)  # resolves and downloads for the target
 TARGET=(--python-version "$TARGET_PYTHON" --only-binary=:all: --implementation cp)
 for tag in $TARGET_PLATFORM; do TARGET+=(--platform "$tag"); done
 
@@ -81,26 +80,18 @@ pyyaml
 hatchling>=1.25
 editables
 EOF
-cat > "$WORK/machine.txt" <<EOF
-torch==$GPU_TORCH
-transformers==$GPU_TRANSFORMERS
-peft
-accelerate
-sentence-transformers
-timm
-EOF
 
 echo "== DeepSpeed $DEEPSPEED: building its wheel from the sdist (ops compile at run time, as from PyPI)"
 DS_BUILD_OPS=0 "${PIP[@]}" wheel --no-deps --no-build-isolation "deepspeed==$DEEPSPEED" -w "$WORK/built" -q
 
-# pip's resolver for the target platform: writes $WORK/NAME.report.json; returns 1 when the requirements conflict.
-# A requirement with only an sdist is built here (pure Python only) and the resolution retried.
+# pip's resolver for the target platform, the requirements under the constraints: writes $WORK/NAME.report.json;
+# returns 1 when they conflict. A requirement with only an sdist is built here and the resolution retried.
 resolve() {
-    local name=$1 requirements=$2
+    local name=$1 requirements=$2 constraints=$3
     for _ in $(seq 1 20); do
-        if "${PIP[@]}" install --dry-run --ignore-installed --quiet --report "$WORK/$name.report.json" \
+        if "${TARGET_PIP[@]}" install --dry-run --ignore-installed --quiet --report "$WORK/$name.report.json" \
             --target "$WORK/target" "${TARGET[@]}" --find-links "$WORK/built" -r "$requirements" \
-            2> "$WORK/$name.err"; then
+            -c "$constraints" 2> "$WORK/$name.err"; then
             return 0
         fi
         local missing
@@ -108,70 +99,32 @@ resolve() {
             | sed 's/ (from .*//; s/;.*//' | head -1)
         [ -n "$missing" ] || return 1
         echo "   $missing: no wheel for the target; building one from its sdist with $BUILD_PYTHON"
-        "$BUILD_PYTHON" -m pip --disable-pip-version-check wheel --no-deps "$missing" -w "$WORK/built" -q \
+        "${TARGET_PIP[@]}" wheel --no-deps "$missing" -w "$WORK/built" -q \
             || die "cannot build a wheel of $missing"
-        if ls "$WORK/built"/*.whl | grep -v -E -- "-(none-any|cp${TARGET_PYTHON/./}-[a-z0-9_]+-linux_x86_64)\.whl$" \
-            | grep -q .; then
-            die "$missing built a wheel for another Python than $TARGET_PYTHON: set BUILD_PYTHON to a Python $TARGET_PYTHON"
-        fi
     done
     die "resolving $name: more than 20 sdists"
 }
-pins_of() {  # name==version of every package of a report
-    "$PYTHON" -c '
-import json, sys
-for item in json.load(open(sys.argv[1]))["install"]:
-    print(item["metadata"]["name"] + "==" + item["metadata"]["version"])' "$1"
-}
-
-if [ -n "$GPU_FREEZE" ]; then
-    echo "== what the GPU machine has: $GPU_FREEZE"
-    grep -E '^[A-Za-z0-9_.-]+==' "$GPU_FREEZE" > "$WORK/machine.pins"
-else
-    echo "== what the GPU machine has: ESTIMATED by resolving its stated packages for Python $TARGET_PYTHON"
-    resolve machine "$WORK/machine.txt" || { cat "$WORK/machine.err"; die "cannot resolve the machine's packages"; }
-    pins_of "$WORK/machine.report.json" > "$WORK/machine.pins"
-fi
+echo "== what the GPU machine has: $GPU_FREEZE"
+# pip freeze's name==version lines and bare names (no URLs, no -e lines); the known versions constrain the resolution
+sed 's/#.*//; s/[[:space:]]//g' "$GPU_FREEZE" | grep -E '^[A-Za-z0-9_.-]+(==[^=]+)?$' > "$WORK/machine.txt" || true
+grep '==' "$WORK/machine.txt" > "$WORK/machine.pins" || true
 # the machine's torch and transformers stay as they are; a resolution that needs others fails, naming them
 grep -i -E '^(torch|transformers)==' "$WORK/machine.pins" > "$WORK/keep.txt" || true
-echo "   $(wc -l < "$WORK/machine.pins") packages, kept fixed: $(tr '\n' ' ' < "$WORK/keep.txt")"
+echo "   $(wc -l < "$WORK/machine.txt") packages, $(wc -l < "$WORK/machine.pins") of known version;" \
+    "kept fixed: $(tr '\n' ' ' < "$WORK/keep.txt")"
 
-echo "== resolving ms-swift 4.6.0, deepspeed $DEEPSPEED, modelscope $MODELSCOPE on top of them"
-cat "$WORK/machine.pins" "$WORK/needed.txt" > "$WORK/all.txt"
-if ! resolve full "$WORK/all.txt"; then  # some installed version conflicts: only torch and transformers fixed
-    echo "   the machine's versions conflict with them:"; grep -i -E 'conflict|requires|requested' "$WORK/full.err" \
-        | sed 's/^/     /' | head -12
-    sed 's/==.*//' "$WORK/machine.pins" | grep -v -i -x -E 'torch|transformers' | cat - "$WORK/keep.txt" \
-        "$WORK/needed.txt" > "$WORK/all.txt"
-    resolve full "$WORK/all.txt" || { cat "$WORK/full.err"; die "ms-swift 4.6.0 cannot install beside the machine's \
-$(tr '\n' ' ' < "$WORK/keep.txt")(above)"; }
+echo "== resolving ms-swift 4.6.0, deepspeed $DEEPSPEED, modelscope $MODELSCOPE under the machine's versions"
+if ! resolve full "$WORK/needed.txt" "$WORK/machine.pins"; then  # a known version conflicts: only torch and
+    echo "   the machine's versions conflict with them:"  # transformers stay fixed, the others may be replaced
+    grep -i -E 'conflict|requires|requested' "$WORK/full.err" | sed 's/^/     /' | head -12
+    resolve full "$WORK/needed.txt" "$WORK/keep.txt" || { cat "$WORK/full.err"; die "ms-swift 4.6.0 cannot \
+install beside the machine's $(tr '\n' ' ' < "$WORK/keep.txt")(above)"; }
 fi
-FULL=$WORK/full.report.json
-"$PYTHON" - "$FULL" "$WORK/machine.pins" "$WORK/download.txt" <<'EOF'
-import json, re, sys
-norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
-have = {}
-for line in open(sys.argv[2]):
-    name, _, version = line.strip().partition("==")
-    have[norm(name)] = version
-wanted, changed = [], []
-for item in json.load(open(sys.argv[1]))["install"]:
-    name, version = item["metadata"]["name"], item["metadata"]["version"]
-    if norm(name).startswith("nvidia-") or norm(name) in ("torch", "triton"):
-        continue  # the machine's CUDA torch
-    if have.get(norm(name)) == version:
-        continue
-    if norm(name) in have:
-        changed.append(f"{name} {have[norm(name)]} -> {version}")
-    wanted.append(f"{name}=={version}")
-open(sys.argv[3], "w").write("\n".join(wanted) + "\n")
-print(f"   {len(wanted)} packages to carry")
-for line in changed:
-    print(f"   the machine's version is replaced: {line}")
-EOF
+"$PYTHON" benchmarks/gpu_wheels_to_carry.py "$WORK/full.report.json" "$WORK/machine.txt" "$WORK/download.txt" \
+    --expected "$OUT/expected_on_machine.txt" --python "$TARGET_PYTHON"
 
 echo "== downloading"
-"${PIP[@]}" download --no-deps --quiet "${TARGET[@]}" --find-links "$WORK/built" -r "$WORK/download.txt" \
+"${TARGET_PIP[@]}" download --no-deps --quiet "${TARGET[@]}" --find-links "$WORK/built" -r "$WORK/download.txt" \
     -d "$OUT/wheels"
 
 echo "== the check's data: $PRODUCTS products of $CATALOG, and their boxes"
@@ -197,14 +150,18 @@ EOF
 
 cat > "$OUT/install.sh" <<EOF
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root: python -m pip must be the Python 3.12 with torch 2.11.
+# On the GPU machine, from the repository root, offline. PYTHON (default python3) is its Python 3.12 with torch.
+# A package left to the machine's own version (gpu_wheelhouse.sh printed them) that is too old stops pip here,
+# naming it.
 set -euo pipefail
 BUNDLE=\$(cd "\$(dirname "\$0")" && pwd)
-python -m pip install --no-index --find-links "\$BUNDLE/wheels" -r /dev/stdin <<'REQUIREMENTS'
+PYTHON=\${PYTHON:-python3}
+"\$PYTHON" -m pip install --quiet --no-index --find-links "\$BUNDLE/wheels" -r /dev/stdin <<'REQUIREMENTS'
 $(sed 's/==.*//' "$WORK/download.txt")
 REQUIREMENTS
-python -m pip install --no-index --no-deps --no-build-isolation -e .
-python -c "import swift, deepspeed, modelscope, moon_swift; print('gpu bundle installed: ms-swift', swift.__version__)"
+"\$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+"\$PYTHON" -c "import swift, deepspeed, modelscope, moon_swift
+print('gpu bundle installed: ms-swift', swift.__version__, 'deepspeed', deepspeed.__version__)"
 EOF
 chmod +x "$OUT/install.sh"
 rm -rf "$WORK"
@@ -213,11 +170,15 @@ rm -rf "$WORK"
     | sort -rn) > "$OUT/sizes.txt"
 WHEELS=$(du -sb "$OUT/wheels" | cut -f1)
 TOTAL=$(du -sb "$OUT" | cut -f1)
+# what travels beside it: the tracked files and the untracked ones git does not ignore
+TREE=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2> /dev/null | tail -1 | cut -f1)
 echo "== $OUT"
 echo "largest wheels:"; head -8 "$OUT/sizes.txt"
-"$PYTHON" - "$WHEELS" "$TOTAL" "$LIMIT_MIB" "$(ls "$OUT/wheels" | wc -l)" <<'EOF'
+"$PYTHON" - "$WHEELS" "$TOTAL" "$TREE" "$LIMIT_MIB" "$(ls "$OUT/wheels" | wc -l)" <<'EOF'
 import sys
-wheels, total, limit, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-print(f"wheels: {count} files, {wheels / 2**20:.1f} MiB; bundle in all (wheels + catalog + boxes): "
-      f"{total / 2**20:.1f} MiB; limit {limit} MiB: {'fits' if total <= limit * 2**20 else 'DOES NOT FIT'}")
+wheels, total, tree, limit = (int(value) for value in sys.argv[1:5])
+mib = 2**20
+print(f"wheels: {sys.argv[5]} files, {wheels / mib:.1f} MiB; bundle in all (wheels + catalog + boxes): "
+      f"{total / mib:.1f} MiB; with the working tree ({tree / mib:.1f} MiB) {(total + tree) / mib:.1f} MiB of the "
+      f"{limit} MiB that may travel: {'fits' if total + tree <= limit * mib else 'DOES NOT FIT'}")
 EOF

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 from moon_swift.integrations.swift.exit_abort import EXIT_TIME_ABORT, aborted_after_finishing
 
@@ -20,6 +22,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOON_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FASHION_CATALOG = SHARED_DATA / "fashion-catalog-dev"
 STREET_PHOTOS = SHARED_DATA / "street-photos"
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script outside the package (``benchmarks/*.py``) imported by path, as ``<its stem>_under_test``."""
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def swift_executable() -> str:

@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["exact", "ivf", "hnsw"],  # data.negatives.MINING_SEARCHES (kept light to import)
         default="exact",
         help="nearest-neighbour search for --mine-with: exact (faiss top-k), ivf (approximate, per-product time "
-        "about constant in the catalog size: for millions) or hnsw (approximate)",
+        "close to constant in the catalog size: for millions) or hnsw (approximate)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")
     _add_model_arguments(p, what="--mine-with")

@@ -133,7 +133,8 @@ def mined_negatives(
     """For each record, the ``k`` most similar other-group products by inner product of ``embeddings``.
 
     ``search``: ``exact`` (faiss top-k: O(N^2) work, the default), ``ivf`` (approximate: per-product work
-    about constant in N, the index a quarter of the embeddings' memory) or ``hnsw`` (approximate; slower than
+    constant in N while the lists stay equal, more where dense clusters make them unequal; the index a quarter
+    of the embeddings' memory) or ``hnsw`` (approximate; slower than
     exact at 100k products on random embeddings). ``benchmarks/catalog_scale.py`` measures each and the share
     of the exact negatives the approximate ones find. ``chunk`` queries at a time: memory is the embeddings
     (plus the index) and ``chunk x depth`` results, not ``chunk x products`` scores.

@@ -4,7 +4,6 @@ and Milvus unimportable, as on the air-gapped GPU machine."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import FASHION_CATALOG, REPO_ROOT, run_cli, swift_executable
+from helpers import FASHION_CATALOG, REPO_ROOT, load_script, run_cli, swift_executable
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 #: what the GPU machine does not have and the check must not import
@@ -39,11 +38,7 @@ RUN_FIGURES = ("step time s", "samples/s", "sequences/s", "tokens/s")
 
 
 def load_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def moon_swift_cli() -> str:
