@@ -20,8 +20,8 @@ every 3 consecutive products one group (colour variants). Stages, as `moon-swift
 Per search and embeddings, the share of the exact negatives found, on 2,000 sampled training products whose
 exact negatives are computed apart (faiss exact top-k of those rows against all), so it is known at 1M too.
 For ``ivf``, faiss's own counters (``indexIVF_stats``) describe the search: codes scanned per query, and the
-share of its time in the coarse quantizer (the rest is scanning lists; faiss sums the threads' times, so a
-share, not seconds).
+share of its search time (which includes the quantizer's) spent in the coarse quantizer; the rest is scanning
+lists. faiss sums the threads' times, so a share, not seconds.
 It prints seconds and microseconds per product for every stage, the peak RSS after ``prepare`` and at the
 end, and the ratio of time per product between the largest and the smallest size.
 """
@@ -112,8 +112,8 @@ def measure(products: int, args) -> dict:
             mined = mined_negatives(train, vectors, negatives, search=search)
             seconds[f"mine {search} {kind}"] = time.perf_counter() - start
             if search == "ivf":
-                searching = stats.quantization_time + stats.search_time
-                result["ivf"][kind] = {"codes": stats.ndis / stats.nq, "quantizer": stats.quantization_time / searching}
+                quantizer = stats.quantization_time / stats.search_time  # search_time includes the quantizer's
+                result["ivf"][kind] = {"codes": stats.ndis / stats.nq, "quantizer": quantizer}
             assert len(mined) == len(train) and all(len(m) == negatives for m in mined)
             found = sum(len({r.product_id for r in mined[row]} & truth[i]) for i, row in enumerate(sample))
             result["found"][f"{search} {kind}"] = found / (negatives * len(sample))

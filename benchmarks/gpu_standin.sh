@@ -31,7 +31,8 @@ rm -rf "$VENV"
 "$BUILD_PYTHON" -m venv "$VENV"
 START=$SECONDS
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$BUNDLE/expected_on_machine.txt"
-echo "   $(wc -l < "$BUNDLE/expected_on_machine.txt") packages installed from the index in $((SECONDS - START)) s"
+echo "   the $(wc -l < "$BUNDLE/expected_on_machine.txt") packages the install takes from the machine (and what" \
+    "they need) installed from the index in $((SECONDS - START)) s"
 
 echo "== $BUNDLE/install.sh, offline"
 START=$SECONDS

@@ -105,23 +105,23 @@ resolve() {
     die "resolving $name: more than 20 sdists"
 }
 echo "== what the GPU machine has: $GPU_FREEZE"
-# pip freeze's name==version lines and bare names (no URLs, no -e lines); the known versions constrain the resolution
-sed 's/#.*//; s/[[:space:]]//g' "$GPU_FREEZE" | grep -E '^[A-Za-z0-9_.-]+(==[^=]+)?$' > "$WORK/machine.txt" || true
-grep '==' "$WORK/machine.txt" > "$WORK/machine.pins" || true
+# the known versions (pip freeze's name==version lines; bare names and `name @ URL` are of unknown version) as
+# constraints of the resolution
+"$PYTHON" benchmarks/gpu_wheels_to_carry.py pins "$GPU_FREEZE" "$WORK/machine.pins"
 # the machine's torch and transformers stay as they are; a resolution that needs others fails, naming them
 grep -i -E '^(torch|transformers)==' "$WORK/machine.pins" > "$WORK/keep.txt" || true
-echo "   $(wc -l < "$WORK/machine.txt") packages, $(wc -l < "$WORK/machine.pins") of known version;" \
-    "kept fixed: $(tr '\n' ' ' < "$WORK/keep.txt")"
+echo "   kept fixed: $(tr '\n' ' ' < "$WORK/keep.txt")"
 
 echo "== resolving ms-swift 4.6.0, deepspeed $DEEPSPEED, modelscope $MODELSCOPE under the machine's versions"
 if ! resolve full "$WORK/needed.txt" "$WORK/machine.pins"; then  # a known version conflicts: only torch and
     echo "   the machine's versions conflict with them:"  # transformers stay fixed, the others may be replaced
-    grep -i -E 'conflict|requires|requested' "$WORK/full.err" | sed 's/^/     /' | head -12
+    { grep -i -E 'conflict|requires|requested' "$WORK/full.err" || true; } | sed 's/^/     /' | head -12 || true
     resolve full "$WORK/needed.txt" "$WORK/keep.txt" || { cat "$WORK/full.err"; die "ms-swift 4.6.0 cannot \
 install beside the machine's $(tr '\n' ' ' < "$WORK/keep.txt")(above)"; }
 fi
-"$PYTHON" benchmarks/gpu_wheels_to_carry.py "$WORK/full.report.json" "$WORK/machine.txt" "$WORK/download.txt" \
-    --expected "$OUT/expected_on_machine.txt" --python "$TARGET_PYTHON"
+"$PYTHON" benchmarks/gpu_wheels_to_carry.py choose "$WORK/full.report.json" "$GPU_FREEZE" "$WORK/download.txt" \
+    --requirements "$WORK/needed.txt" --install "$WORK/install.txt" --expected "$OUT/expected_on_machine.txt" \
+    --python "$TARGET_PYTHON"
 
 echo "== downloading"
 "${TARGET_PIP[@]}" download --no-deps --quiet "${TARGET[@]}" --find-links "$WORK/built" -r "$WORK/download.txt" \
@@ -157,7 +157,7 @@ set -euo pipefail
 BUNDLE=\$(cd "\$(dirname "\$0")" && pwd)
 PYTHON=\${PYTHON:-python3}
 "\$PYTHON" -m pip install --quiet --no-index --find-links "\$BUNDLE/wheels" -r /dev/stdin <<'REQUIREMENTS'
-$(sed 's/==.*//' "$WORK/download.txt")
+$(cat "$WORK/install.txt")
 REQUIREMENTS
 "\$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
 "\$PYTHON" -c "import swift, deepspeed, modelscope, moon_swift
@@ -171,7 +171,9 @@ rm -rf "$WORK"
 WHEELS=$(du -sb "$OUT/wheels" | cut -f1)
 TOTAL=$(du -sb "$OUT" | cut -f1)
 # what travels beside it: the tracked files and the untracked ones git does not ignore
-TREE=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2> /dev/null | tail -1 | cut -f1)
+TREE=$(git ls-files -z --cached --others --exclude-standard | "$PYTHON" -c '
+import os, sys
+print(sum(os.path.getsize(p) for p in sys.stdin.read().split("\0") if p and os.path.isfile(p)))')
 echo "== $OUT"
 echo "largest wheels:"; head -8 "$OUT/sizes.txt"
 "$PYTHON" - "$WHEELS" "$TOTAL" "$TREE" "$LIMIT_MIB" "$(ls "$OUT/wheels" | wc -l)" <<'EOF'

@@ -23,12 +23,13 @@ def item(name: str, version: str, *requires: str) -> dict:
 
 
 #: a resolution of the shape gpu_wheelhouse.sh gets: ms-swift bounding peft from above, datasets needing pyarrow and
-#: pandas from below, a Windows-only requirement that must not count, the machine's CUDA stack, and bounds from
-#: the machine's own packages (requests, torch), which its image already satisfies
+#: pandas from below, a Windows-only upper bound that must not count, the machine's CUDA stack, bounds from the
+#: machine's own packages (requests, torch), which its image already satisfies, and the machine's torch given with
+#: a local label
 RESOLVED = [
     item("ms-swift", "4.6.0", "peft<0.21,>=0.11", "datasets>=3.0", "transformers>=4.33", "numpy<3.0"),
     item("datasets", "4.8.4", "pyarrow>=21.0.0", "pandas", "fsspec[http]<=2026.2.0,>=2023.1.0"),
-    item("colorama-user", "1.0", "pywin32>=300; sys_platform == 'win32'", "tqdm>=4"),
+    item("colorama-user", "1.0", "pywin32>=300,<400; sys_platform == 'win32'", "tqdm>=4"),
     item("peft", "0.20.0"),
     item("pyarrow", "26.0.1"),
     item("pandas", "3.1.1"),
@@ -53,7 +54,7 @@ MACHINE = {
     "pywin32": "",
     "numpy": "2.5.2",
     "sentencepiece": "0.2.2",
-    "torch": "2.11.0",
+    "torch": "2.11.0+cu130",
     "transformers": "5.17.0",
     "requests": "",
     "urllib3": "",
@@ -63,6 +64,8 @@ MACHINE = {
 
 def test_carried_are_the_missing_the_changed_and_the_bounded_from_above() -> None:
     choice = load().choose(RESOLVED, MACHINE)
+    # the offline install pins only what replaces a known version of the machine's: a name would keep that one
+    assert sorted(choice.install) == ["colorama-user", "datasets", "fsspec", "ms-swift", "peft", "sentencepiece==0.2.3"]
     assert sorted(choice.carry) == [
         "colorama-user==1.0",
         "datasets==4.8.4",
@@ -84,7 +87,7 @@ def test_carried_are_the_missing_the_changed_and_the_bounded_from_above() -> Non
         "pywin32",
         "requests",
         "sentencepiece==0.2.2",
-        "torch==2.11.0",
+        "torch==2.11.0+cu130",
         "tqdm",
         "urllib3",
     ]
@@ -107,13 +110,34 @@ def test_a_carried_package_bounds_what_it_needs_in_turn() -> None:
     assert choice.left == ["psutil"]
 
 
-def test_machine_list_reads_freeze_lines_bare_names_and_skips_the_rest(tmp_path: Path) -> None:
+def test_the_checks_own_pins_bound_what_the_machine_has_at_an_unknown_version() -> None:
+    resolved = [item("modelscope", "1.40.2", "requests>=2.25"), item("requests", "2.34.2")]
+    have = {"modelscope": "", "requests": ""}
+    assert load().choose(resolved, have).carry == []  # nothing bounds modelscope: the machine's stays
+    choice = load().choose(resolved, have, requirements=["modelscope==1.40.2", "numpy"])
+    assert choice.carry == ["modelscope==1.40.2"] and choice.left == ["requests"]
+    assert choice.bounded == ["modelscope==1.40.2 (==1.40.2 from (the check))"]
+
+
+def test_versions_compare_as_versions_without_local_labels() -> None:
+    resolved = [item("numpy", "2.5.0"), item("foo", "1.0")]
+    assert load().choose(resolved, {"numpy": "2.5", "foo": "1.0.0+local"}).carry == []
+
+
+def test_machine_list_reads_freeze_lines_bare_names_and_urls(tmp_path: Path) -> None:
     freeze = tmp_path / "freeze.txt"
     freeze.write_text(
         "# comment\nPeft==0.21.2\nsentence_transformers\n-e git+https://x/y#egg=y\n"
-        "moon @ file:///src\n\ntorch==2.11.0  # cu130\n"
+        "moon @ file:///src\n\ntorch==2.11.0+cu130  # the CUDA build\n"
     )
-    assert load().read_machine(freeze) == {"peft": "0.21.2", "sentence-transformers": "", "torch": "2.11.0"}
+    have = {"peft": "0.21.2", "sentence-transformers": "", "moon": "", "torch": "2.11.0+cu130"}
+    assert load().read_machine(freeze) == have
+    pins = tmp_path / "pins.txt"
+    printed = subprocess.run(
+        [sys.executable, str(SCRIPT), "pins", str(freeze), str(pins)], check=True, capture_output=True, text=True
+    ).stdout
+    assert pins.read_text().split() == ["peft==0.21.2", "torch==2.11.0"]  # constraints: no local label
+    assert "4 packages, 2 of known version" in printed
 
 
 def test_the_committed_machine_list_parses_with_its_known_versions() -> None:
@@ -128,7 +152,7 @@ def test_command_line_writes_the_carry_list(tmp_path: Path) -> None:
     report.write_text(json.dumps({"install": RESOLVED}))
     machine.write_text("\n".join(f"{name}=={version}" if version else name for name, version in MACHINE.items()))
     printed = subprocess.run(
-        [sys.executable, str(SCRIPT), str(report), str(machine), str(out), "--expected", str(expected)],
+        [sys.executable, str(SCRIPT), "choose", str(report), str(machine), str(out), "--expected", str(expected)],
         check=True,
         capture_output=True,
         text=True,
