@@ -5,9 +5,10 @@
 #
 # GPU_FREEZE says what the GPU machine already has: `pip freeze` run there, carried here as text, or by default
 # benchmarks/gpu_machine_packages.txt (this project's GPU test machine as the workplace's notes list it; a bare
-# name there is a package of unknown version). Its known versions constrain the resolution; which packages are
+# name there is a package of unknown version). Its known versions constrain the resolution (one that conflicts
+# with the check's needs is replaced; torch or transformers in conflict stop the script); which packages are
 # then carried is benchmarks/gpu_wheels_to_carry.py's rule (a package of unknown version there is carried only
-# when a requirement bounds it from above; the others it leaves to the machine are printed by name).
+# when a carried package bounds it from above; the others it leaves to the machine are printed by name).
 #
 # OUT gets:
 #   wheels/        the wheels the GPU machine lacks, for CPython 3.12 on manylinux x86_64: ms-swift 4.6.0, DeepSpeed
@@ -85,13 +86,14 @@ echo "== DeepSpeed $DEEPSPEED: building its wheel from the sdist (ops compile at
 DS_BUILD_OPS=0 "${PIP[@]}" wheel --no-deps --no-build-isolation "deepspeed==$DEEPSPEED" -w "$WORK/built" -q
 
 # pip's resolver for the target platform, the requirements under the constraints: writes $WORK/NAME.report.json;
-# returns 1 when they conflict. A requirement with only an sdist is built here and the resolution retried.
+# returns 1 when they conflict (pip explains a conflict on stdout: $WORK/NAME.out). A requirement with only an
+# sdist is built here and the resolution retried.
 resolve() {
     local name=$1 requirements=$2 constraints=$3
     for _ in $(seq 1 20); do
-        if "${TARGET_PIP[@]}" install --dry-run --ignore-installed --quiet --report "$WORK/$name.report.json" \
+        if "${TARGET_PIP[@]}" install --dry-run --ignore-installed --report "$WORK/$name.report.json" \
             --target "$WORK/target" "${TARGET[@]}" --find-links "$WORK/built" -r "$requirements" \
-            -c "$constraints" 2> "$WORK/$name.err"; then
+            -c "$constraints" > "$WORK/$name.out" 2> "$WORK/$name.err"; then
             return 0
         fi
         local missing
@@ -113,12 +115,30 @@ grep -i -E '^(torch|transformers)==' "$WORK/machine.pins" > "$WORK/keep.txt" || 
 echo "   kept fixed: $(tr '\n' ' ' < "$WORK/keep.txt")"
 
 echo "== resolving ms-swift 4.6.0, deepspeed $DEEPSPEED, modelscope $MODELSCOPE under the machine's versions"
-if ! resolve full "$WORK/needed.txt" "$WORK/machine.pins"; then  # a known version conflicts: only torch and
-    echo "   the machine's versions conflict with them:"  # transformers stay fixed, the others may be replaced
-    { grep -i -E 'conflict|requires|requested' "$WORK/full.err" || true; } | sed 's/^/     /' | head -12 || true
-    resolve full "$WORK/needed.txt" "$WORK/keep.txt" || { cat "$WORK/full.err"; die "ms-swift 4.6.0 cannot \
-install beside the machine's $(tr '\n' ' ' < "$WORK/keep.txt")(above)"; }
-fi
+# A known version that conflicts with them, which pip names as "The user requested (constraint) NAME==...", is
+# dropped from the constraints: the package is then replaced (carried, pinned in install.sh). torch and
+# transformers are not: the script stops, naming them. A conflict pip names no pin for leaves only those two fixed.
+for _ in $(seq 1 20); do
+    resolve full "$WORK/needed.txt" "$WORK/machine.pins" && break
+    conflicting=$(sed -n 's/^ *The user requested (constraint) \([A-Za-z0-9_.-]*\)==.*/\1/p' "$WORK/full.out" \
+        | sort -u | tr '\n' ' ' | sed 's/ $//')
+    if [ -z "$conflicting" ]; then
+        echo "   the machine's versions conflict with them (pip names no pin); only torch and transformers stay fixed:"
+        { grep -v '^WARNING' "$WORK/full.err" || true; } | sed 's/^/     /' | head -12 || true
+        resolve full "$WORK/needed.txt" "$WORK/keep.txt" || { cat "$WORK/full.out" "$WORK/full.err"; die \
+            "ms-swift 4.6.0 cannot install beside the machine's $(tr '\n' ' ' < "$WORK/keep.txt")(above)"; }
+        break
+    fi
+    if echo " $conflicting " | grep -q -i -E ' (torch|transformers) '; then
+        grep -A8 'conflict is caused by' "$WORK/full.out" >&2 || true
+        die "the check needs other versions of the machine's $conflicting (above), which it must keep"
+    fi
+    echo "   the machine's version conflicts with them, so it is replaced: $conflicting"
+    pattern=$(echo "$conflicting" | sed 's/[-_.]/[-_.]/g; s/ \+/|/g')
+    { grep -v -i -E "^($pattern)==" "$WORK/machine.pins" || true; } > "$WORK/machine.pins.next"
+    mv "$WORK/machine.pins.next" "$WORK/machine.pins"
+done
+[ -s "$WORK/full.report.json" ] || die "resolving: more than 20 conflicting pins"
 "$PYTHON" benchmarks/gpu_wheels_to_carry.py choose "$WORK/full.report.json" "$GPU_FREEZE" "$WORK/download.txt" \
     --requirements "$WORK/needed.txt" --install "$WORK/install.txt" --expected "$OUT/expected_on_machine.txt" \
     --python "$TARGET_PYTHON"
