@@ -134,9 +134,9 @@ def mined_negatives(
 
     ``search``: ``exact`` (faiss top-k: O(N^2) work, the default), ``ivf`` (approximate: per-product work
     constant in N while the lists stay equal, more where dense clusters make them unequal; the index a quarter
-    of the embeddings' memory) or ``hnsw`` (approximate; slower than
-    exact at 100k products on random embeddings). ``benchmarks/catalog_scale.py`` measures each and the share
-    of the exact negatives the approximate ones find. ``chunk`` queries at a time: memory is the embeddings
+    of the embeddings' memory) or ``hnsw`` (approximate; slower than exact at 100k products on random
+    embeddings). ``benchmarks/catalog_scale.py`` measures each and the share of the exact negatives the
+    approximate ones find. ``chunk`` queries at a time: memory is the embeddings
     (plus the index) and ``chunk x depth`` results, not ``chunk x products`` scores.
     ``depth`` leaves room for the record's own group (which can hold the nearest hits); rows whose group took
     more are searched again, exactly and as deep as their group needs, in batches of at most ``chunk x depth``
