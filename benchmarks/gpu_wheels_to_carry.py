@@ -59,19 +59,24 @@ def same_version(a: str, b: str) -> bool:
         return public(a) == public(b)
 
 
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
 def read_machine(path: Path) -> dict[str, str]:
     """Name -> version ("" where not known) from pip freeze lines or bare names; ``name @ URL`` is a package of
-    unknown version; comments, blank lines and options (``-e ...``) are skipped."""
+    unknown version; comments, blank lines and options (``-e ...``) are skipped. Any other line (a range such
+    as ``foo>=1``, which pip freeze never writes) stops with its file and line number."""
     have: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = text.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
-        if " @ " in line:
-            have[normalized(line.split(" @ ", 1)[0].strip())] = ""
-            continue
-        name, _, version = line.partition("==")
-        have[normalized(name.strip())] = version.strip()
+        name, version = line.split(" @ ", 1)[0].strip(), ""
+        if " @ " not in line:
+            name, _, version = (part.strip() for part in line.partition("=="))
+        if not PACKAGE_NAME.fullmatch(name) or ("==" in line and not version):
+            raise SystemExit(f"{path}:{number}: not a pip freeze line (name==version, name @ URL or a name): {text!r}")
+        have[normalized(name)] = version
     return have
 
 

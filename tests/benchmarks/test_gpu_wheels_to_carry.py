@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from helpers import REPO_ROOT, load_script
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_wheels_to_carry.py"
@@ -138,6 +139,13 @@ def test_machine_list_reads_freeze_lines_bare_names_and_urls(tmp_path: Path) -> 
     ).stdout
     assert pins.read_text().split() == ["peft==0.21.2", "torch==2.11.0"]  # constraints: no local label
     assert "4 packages, 2 of known version" in printed
+
+
+def test_machine_list_names_the_file_and_line_of_a_line_it_cannot_read(tmp_path: Path) -> None:
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("peft==0.21.2\nnumpy>=2\n")
+    with pytest.raises(SystemExit, match=r"freeze\.txt:2: not a pip freeze line .*'numpy>=2'"):
+        load().read_machine(freeze)
 
 
 def test_the_committed_machine_list_parses_with_its_known_versions() -> None:
