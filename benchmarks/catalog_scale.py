@@ -17,8 +17,11 @@ every 3 consecutive products one group (colour variants). Stages, as `moon-swift
    for an approximate search) and ``clustered`` (``benchmarks/ann_search.py``'s mixture of category,
    attribute, group and noise directions, each product's row of it).
 
-Per search and embeddings, the share of the exact negatives found, on 2,000 sampled training products whose
-exact negatives are computed apart (faiss exact top-k of those rows against all), so it is known at 1M too.
+Per search and embeddings, on 2,000 sampled training products whose exact negatives are computed apart (faiss
+exact top-k of those rows against all, so they are known at 1M too): the share of the exact negatives found, and
+how hard the negatives found are, as their mean inner product with the product beside the exact negatives'.
+Where many products are nearly equally similar (a dense cluster), an approximate search can miss the exact ones
+yet find others as hard; the second figure tells the two apart.
 For ``ivf``, faiss's own counters (``indexIVF_stats``) describe the search: codes scanned per query, and the
 share of its search time (which includes the quantizer's) spent in the coarse quantizer; the rest is scanning
 lists. faiss sums the threads' times, so a share, not seconds.
@@ -37,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from process_memory import status_bytes
 
 SHARED_DATA = Path(os.environ.get("MOON_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -60,7 +64,6 @@ def write_catalog(path: Path, products: int) -> None:
 def measure(products: int, args) -> dict:
     """One size, in this process: seconds per stage, the share of exact negatives found, the peak RSS."""
     import faiss
-    import numpy as np
     from ann_search import clustered
 
     from moon_swift.data.negatives import mined_negatives
@@ -83,12 +86,14 @@ def measure(products: int, args) -> dict:
         "products": products,
         "seconds": seconds,
         "found": {},
+        "similarity": {},
         "ivf": {},
         "prepare_peak_mib": status_bytes("VmHWM") / 2**20,
     }
 
     train, _ = split_records(records, 0.1)  # in catalog order: product numbers ascending
     del records, pairs
+    numbers = np.array([int(r.product_id[3:]) for r in train])  # a training product's row: searchsorted
     sample = np.random.default_rng(1).choice(len(train), min(SAMPLE, len(train)), replace=False)
     limits = {"exact": args.exact_up_to, "hnsw": args.hnsw_up_to}
     for kind in args.embeddings:
@@ -97,11 +102,10 @@ def measure(products: int, args) -> dict:
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         else:
             vectors = clustered(products, args.dim, seed=0)
-            rows = np.array([int(r.product_id[3:]) for r in train])
-            for at in range(0, len(rows), 65_536):  # training rows to the front, in place (rows ascend)
-                chunk = rows[at : at + 65_536]
+            for at in range(0, len(numbers), 65_536):  # training rows to the front, in place (rows ascend)
+                chunk = numbers[at : at + 65_536]
                 vectors[at : at + len(chunk)] = vectors[chunk]
-            vectors = vectors[: len(rows)]
+            vectors = vectors[: len(numbers)]
         truth = exact_negatives(train, vectors, sample, negatives)
         for search in args.searches:
             if len(train) > limits.get(search, len(train)):
@@ -115,21 +119,31 @@ def measure(products: int, args) -> dict:
                 quantizer = stats.quantization_time / stats.search_time  # search_time includes the quantizer's
                 result["ivf"][kind] = {"codes": stats.ndis / stats.nq, "quantizer": quantizer}
             assert len(mined) == len(train) and all(len(m) == negatives for m in mined)
-            found = sum(len({r.product_id for r in mined[row]} & truth[i]) for i, row in enumerate(sample))
-            result["found"][f"{search} {kind}"] = found / (negatives * len(sample))
+            found = [np.searchsorted(numbers, [int(r.product_id[3:]) for r in mined[row]]) for row in sample]
+            hits = sum(len(set(rows.tolist()) & set(exact.tolist())) for rows, exact in zip(found, truth, strict=True))
+            result["found"][f"{search} {kind}"] = hits / (negatives * len(sample))
+            result["similarity"][f"{search} {kind}"] = mean_similarity(vectors, sample, found)
             del mined
+        result["similarity"][f"exact {kind}"] = mean_similarity(vectors, sample, truth)
         del vectors
     result["peak_mib"] = status_bytes("VmHWM") / 2**20
     return result
 
 
-def exact_negatives(train, vectors, sample, negatives: int) -> list[set[str]]:
-    """The exact mined negatives of the ``sample`` rows: faiss exact top-k against all rows, other groups only."""
+def exact_negatives(train, vectors, sample, negatives: int) -> list[np.ndarray]:
+    """The exact mined negatives (rows) of the ``sample`` rows: faiss exact top-k against all, other groups only."""
     import faiss
 
     hits = faiss.knn(vectors[sample], vectors, negatives + 64, metric=faiss.METRIC_INNER_PRODUCT)[1]
-    return [set([train[h].product_id for h in row_hits if train[h].group_id != train[row].group_id][:negatives])
+    return [np.array([h for h in row_hits if train[h].group_id != train[row].group_id][:negatives])
             for row, row_hits in zip(sample, hits, strict=True)]  # fmt: skip
+
+
+def mean_similarity(vectors: np.ndarray, sample: np.ndarray, negatives: list[np.ndarray]) -> float:
+    """The mean inner product of the ``sample`` rows with their ``negatives`` (rows): how hard they are."""
+    return float(
+        np.mean(np.concatenate([vectors[rows] @ vectors[row] for row, rows in zip(sample, negatives, strict=True)]))
+    )
 
 
 def main() -> None:
@@ -172,8 +186,10 @@ def main() -> None:
     print(f"{'peak MiB':<24} " + " ".join(f"{r['peak_mib']:12.0f} {'':>10}" for r in results))
     for r in results:
         for name, share in r["found"].items():
-            print(f"mine {name} at {r['products']} products: {share:.3f} of the exact negatives found "
-                  f"({min(SAMPLE, r['products'])} sampled products)")  # fmt: skip
+            exact = r["similarity"][f"exact {name.split()[1]}"]
+            print(f"mine {name} at {r['products']} products: {share:.3f} of the exact negatives found, mean "
+                  f"similarity {r['similarity'][name]:.4f} (the exact ones' {exact:.4f}; "
+                  f"{min(SAMPLE, r['products'])} sampled products)")  # fmt: skip
     for r in results:
         for kind, split in r["ivf"].items():
             print(

@@ -475,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mine-search",
         choices=["exact", "ivf", "hnsw"],  # data.negatives.MINING_SEARCHES (kept light to import)
         default="exact",
-        help="nearest-neighbour search for --mine-with: exact (faiss top-k), ivf (approximate, per-product time "
-        "close to constant in the catalog size: for millions) or hnsw (approximate)",
+        help="nearest-neighbour search for --mine-with: exact (faiss top-k, O(N^2)), ivf (approximate, a bounded "
+        "scan per product: for millions) or hnsw (approximate)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the hard-negative draw")
     _add_model_arguments(p, what="--mine-with")

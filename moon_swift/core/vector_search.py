@@ -9,7 +9,8 @@ Inner product over L2-normalised vectors throughout. Kinds:
   found by an exact search over the centroids; ``coarse="hnsw"`` (for mining, where every product is a
   query): a list per :data:`IVF_LIST_SIZE` vectors found by an HNSW graph over the centroids, so the work per
   query (``nprobe`` lists of a constant mean size plus a graph walk) stays about constant as the catalog grows
-  while the lists stay about equal (dense clusters make them unequal: ``benchmarks/catalog_scale.py``).
+  while the lists stay about equal (dense clusters make them unequal: mining also caps the codes scanned,
+  ``data.negatives.MINING_MAX_CODES``).
   ``storage="sq8"`` keeps 8-bit codes (a quarter of the vectors' memory) for callers that re-rank with the
   vectors they already hold; ``refine_factor=F`` makes the index re-rank itself: it keeps a float copy too
   (``IndexRefineFlat``) and orders the codes' best ``F x k`` by the exact inner product. Scanning 8-bit codes

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..core.vector_search import build_index, set_search_depth
+from ..core.vector_search import IVF_LIST_SIZE, build_index, set_search_depth
 from .records import ProductRecord, logger
 
 
@@ -89,6 +89,12 @@ MINING_SEARCHES = ("exact", "ivf", "hnsw")
 MINING_EF_SEARCH = 128
 #: IVF mining: lists probed per product, and candidates re-ranked exactly per hit wanted (8-bit codes rank them)
 MINING_NPROBE, MINING_RERANK = 32, 2
+#: IVF mining scans at most about this many codes per product (faiss ``max_codes``: it stops after the list that
+#: reaches it): what ``MINING_NPROBE`` lists of the mean size hold. Dense clusters fill a few large lists that
+#: their own products then scan, so without it the work per product grows with the catalog (1.75x the codes at
+#: 1M than at 100k products in ``benchmarks/catalog_scale.py``); there, the negatives found with it are as
+#: similar to the product as the exact ones, to within 0.002 (README)
+MINING_MAX_CODES = MINING_NPROBE * IVF_LIST_SIZE
 
 
 def check_mining_search(how: str) -> str:
@@ -102,7 +108,8 @@ def _nearest(vectors: np.ndarray, how: str) -> Callable[[np.ndarray, int], np.nd
     """``search(queries, depth) -> ids`` (best first, -1 = none) over ``vectors`` by inner product: faiss's
     exact ``knn`` (searches ``vectors`` in place, no index copy), an HNSW graph (a second copy of the
     vectors plus the graph), or an IVF of 8-bit codes (a quarter of the vectors' memory) whose candidates are
-    re-ranked exactly against ``vectors``; indexes from :func:`moon_swift.core.vector_search.build_index`."""
+    re-ranked exactly against ``vectors``, at most about :data:`MINING_MAX_CODES` codes scanned per query;
+    indexes from :func:`moon_swift.core.vector_search.build_index`."""
     import faiss
 
     if how == "exact":
@@ -116,6 +123,7 @@ def _nearest(vectors: np.ndarray, how: str) -> Callable[[np.ndarray, int], np.nd
 
         return graph_search
     index = build_index(vectors, "ivf", nprobe=MINING_NPROBE, coarse="hnsw", storage="sq8")
+    index.max_codes = MINING_MAX_CODES
 
     def list_search(queries: np.ndarray, depth: int) -> np.ndarray:
         candidates = index.search(queries, min(len(vectors), MINING_RERANK * depth))[1]
@@ -132,12 +140,12 @@ def mined_negatives(
 ) -> list[list[ProductRecord]]:
     """For each record, the ``k`` most similar other-group products by inner product of ``embeddings``.
 
-    ``search``: ``exact`` (faiss top-k: O(N^2) work, the default), ``ivf`` (approximate: per-product work
-    constant in N while the lists stay equal, more where dense clusters make them unequal; the index a quarter
-    of the embeddings' memory) or ``hnsw`` (approximate; slower than exact at 100k products on random
-    embeddings). ``benchmarks/catalog_scale.py`` measures each and the share of the exact negatives the
-    approximate ones find. ``chunk`` queries at a time: memory is the embeddings
-    (plus the index) and ``chunk x depth`` results, not ``chunk x products`` scores.
+    ``search``: ``exact`` (faiss top-k: O(N^2) work, the default), ``ivf`` (approximate: the codes scanned per
+    product bounded by :data:`MINING_MAX_CODES`, so the work per product grows only with the walk over the
+    lists' centroids; the index a quarter of the embeddings' memory) or ``hnsw`` (approximate; slower than exact
+    at 100k products on random embeddings). ``benchmarks/catalog_scale.py`` measures each, the share of the
+    exact negatives the approximate ones find and how similar theirs are. ``chunk`` queries at a time: memory is
+    the embeddings (plus the index) and ``chunk x depth`` results, not ``chunk x products`` scores.
     ``depth`` leaves room for the record's own group (which can hold the nearest hits); rows whose group took
     more are searched again, exactly and as deep as their group needs, in batches of at most ``chunk x depth``
     results."""

@@ -99,7 +99,7 @@ def prepare_data(
 ) -> PrepareReport:
     """Write ``train.jsonl`` (+ ``train_products.jsonl``, ``val_products.jsonl``, and ``val_pairs.jsonl``
     with pairs) into ``out``. ``mine_with``: hard negatives are that model's nearest other products
-    instead of same-category draws, found by ``mine_search`` (``exact`` or ``hnsw``, see
+    instead of same-category draws, found by ``mine_search`` (``exact``, ``ivf`` or ``hnsw``, see
     :func:`~moon_swift.data.negatives.mined_negatives`)."""
     out = Path(out)
     train, val = split_records(records, val_fraction)

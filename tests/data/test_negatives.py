@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from moon_swift.apps.cli import build_parser
-from moon_swift.data import ProductRecord
+from moon_swift.data import ProductRecord, negatives
 from moon_swift.data.negatives import MINING_SEARCHES, category_negatives, check_mining_search, mined_negatives
 
 
@@ -130,6 +130,23 @@ def test_ivf_mining_on_random_embeddings_finds_most_exact_negatives_never_the_ow
     assert found >= 0.95, found
     assert all(len(n) == 3 and r.group_id not in {f"g{int(p[1:]) // 3}" for p in n}
                for r, n in zip(records, ivf, strict=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("cap", [0, 300])
+def test_ivf_mining_stops_scanning_lists_at_max_codes_and_still_fills_every_row(monkeypatch, cap):
+    import faiss
+
+    monkeypatch.setattr(negatives, "MINING_MAX_CODES", cap)  # 0: faiss's "no cap"
+    records = _big_catalog(20_000, groups_of=3)
+    embeddings = np.random.default_rng(3).standard_normal((20_000, 16)).astype(np.float32)
+    faiss.cvar.indexIVF_stats.reset()
+    mined = mined_negatives(records, embeddings, k=3, search="ivf")
+    codes = faiss.cvar.indexIVF_stats.ndis / faiss.cvar.indexIVF_stats.nq
+    # 200 lists of about 100, 32 probed: about 3,200 codes per product, unless the cap ends the scan after the list
+    # that reaches it (one list more at most)
+    assert codes > 3_000 if cap == 0 else codes < cap + 300, codes
+    assert all(len(n) == 3 and r.group_id not in {f"g{int(p.product_id[1:]) // 3}" for p in n}
+               for r, n in zip(records, mined, strict=True))  # fmt: skip
 
 
 def test_the_mining_searches_are_the_command_lines_choices_and_others_are_refused():
