@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..core.vector_search import IVF_LIST_SIZE, build_index, set_search_depth
+from ..core.vector_search import IVF_LIST_SIZE, SelfSearchIVF, build_index, set_search_depth
 from .records import ProductRecord, logger
 
 
@@ -104,30 +104,29 @@ def check_mining_search(how: str) -> str:
     return how
 
 
-def _nearest(vectors: np.ndarray, how: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """``search(queries, depth) -> ids`` (best first, -1 = none) over ``vectors`` by inner product: faiss's
-    exact ``knn`` (searches ``vectors`` in place, no index copy), an HNSW graph (a second copy of the
-    vectors plus the graph), or an IVF of 8-bit codes (a quarter of the vectors' memory) whose candidates are
-    re-ranked exactly against ``vectors``, at most about :data:`MINING_MAX_CODES` codes scanned per query;
-    indexes from :func:`moon_swift.core.vector_search.build_index`."""
+def _nearest(vectors: np.ndarray, how: str) -> Callable[[slice | np.ndarray, int], np.ndarray]:
+    """``search(rows, depth) -> ids`` (best first, -1 = none): the nearest of ``vectors`` to ``vectors[rows]``
+    by inner product, with faiss's exact ``knn`` (searches ``vectors`` in place, no index copy), an HNSW graph
+    (a second copy of the vectors plus the graph), or an IVF of 8-bit codes (a quarter of the vectors' memory)
+    whose candidates are re-ranked exactly against ``vectors``, at most about :data:`MINING_MAX_CODES` codes
+    scanned per query; indexes from :mod:`moon_swift.core.vector_search`."""
     import faiss
 
     if how == "exact":
-        return lambda queries, depth: faiss.knn(queries, vectors, depth, metric=faiss.METRIC_INNER_PRODUCT)[1]
+        return lambda rows, depth: faiss.knn(vectors[rows], vectors, depth, metric=faiss.METRIC_INNER_PRODUCT)[1]
     if how == "hnsw":
         index = build_index(vectors, "hnsw")
 
-        def graph_search(queries: np.ndarray, depth: int) -> np.ndarray:
+        def graph_search(rows: slice | np.ndarray, depth: int) -> np.ndarray:
             set_search_depth(index, ef_search=max(MINING_EF_SEARCH, 2 * depth))
-            return index.search(queries, depth)[1]
+            return index.search(vectors[rows], depth)[1]
 
         return graph_search
-    index = build_index(vectors, "ivf", nprobe=MINING_NPROBE, coarse="hnsw", storage="sq8")
-    index.max_codes = MINING_MAX_CODES
+    ivf = SelfSearchIVF(vectors, nprobe=MINING_NPROBE, coarse="hnsw", storage="sq8", max_codes=MINING_MAX_CODES)
 
-    def list_search(queries: np.ndarray, depth: int) -> np.ndarray:
-        candidates = index.search(queries, min(len(vectors), MINING_RERANK * depth))[1]
-        scores = np.einsum("qd,qcd->qc", queries, vectors[np.maximum(candidates, 0)])
+    def list_search(rows: slice | np.ndarray, depth: int) -> np.ndarray:
+        candidates = ivf.search(rows, min(len(vectors), MINING_RERANK * depth))
+        scores = np.einsum("qd,qcd->qc", vectors[rows], vectors[np.maximum(candidates, 0)])
         scores[candidates < 0] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
         return np.take_along_axis(candidates, order, axis=1)
@@ -160,7 +159,7 @@ def mined_negatives(
     depth = min(len(records), k + min(int(group_sizes.max()), 64))
     picked: list[list[int]] = []
     for start in range(0, len(records), chunk):
-        found = nearest(vectors[start : start + chunk], depth)
+        found = nearest(slice(start, start + chunk), depth)
         picked += [_other_group(hits, groups, row, k) for row, hits in enumerate(found, start=start)]
     # rows whose own group filled the first `depth` hits (or an approximate search came back short): searched
     # again exactly, as deep as their group needs, largest groups first so each batch's depth is its first row's
@@ -172,7 +171,7 @@ def mined_negatives(
         deeper = min(len(records), k + int(group_sizes[groups[short[0]]]))
         size = max(1, budget // deeper)
         rows, short = short[:size], short[size:]
-        for row, hits in zip(rows, exact(vectors[rows], deeper), strict=True):
+        for row, hits in zip(rows, exact(np.array(rows), deeper), strict=True):
             picked[row] = _other_group(hits, groups, row, k)
     return [[records[i] for i in hits] for hits in picked]
 

@@ -7,6 +7,7 @@ from moon_swift.core.vector_search import (
     HNSW_EF_SEARCH,
     IVF_LIST_SIZE,
     IVF_NPROBE,
+    SelfSearchIVF,
     build_index,
     ivf_lists,
     set_search_depth,
@@ -121,3 +122,23 @@ def test_bad_kinds_and_parameters_are_refused_by_name(kind, options, field):
 def test_no_vectors_is_refused():
     with pytest.raises(MoonInputError, match="non-empty"):
         build_index(np.zeros((0, 8), dtype=np.float32), "flat")
+
+
+def test_self_search_ivf_stores_each_vector_in_its_nearest_probed_list_and_searches_as_the_index_would():
+    vectors = clustered(8000, seed=9)
+    ivf = SelfSearchIVF(vectors, coarse="hnsw", storage="sq8", nprobe=8)
+    assert ivf.index.ntotal == len(vectors) and ivf.probes.shape == (len(vectors), 8)
+    stored_in = np.full(len(vectors), -1)
+    for number in range(ivf.index.nlist):
+        size = ivf.index.invlists.list_size(number)
+        stored_in[faiss.rev_swig_ptr(ivf.index.invlists.get_ids(number), size).copy()] = number
+    np.testing.assert_array_equal(stored_in, ivf.probes[:, 0])  # each vector in the first list it probes,
+    nearest = faiss.knn(vectors, ivf.centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 0]
+    assert np.mean(stored_in == nearest) >= 0.99  # which is the nearest (the graph over 80 lists is near exact)
+    rows = np.arange(0, len(vectors), 7)
+    # the index's own search walks the quantizer again and scores the lists itself: the same neighbours, in
+    # order (the 8-bit codes hold residuals: without the lists' own scores the ranking across lists breaks)
+    own = ivf.index.search(vectors[rows], 10)[1]
+    assert np.mean(ivf.search(rows, 10) == own) >= 0.99
+    with pytest.raises(MoonInputError, match="re-rank with the vectors"):  # its search is the IVF's, not a wrapper's
+        SelfSearchIVF(vectors, refine_factor=2)
