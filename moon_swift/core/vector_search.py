@@ -135,10 +135,13 @@ class SelfSearchIVF:
     ``index.add`` then ``index.search`` walk the coarse quantizer twice per vector: once for the list it is
     stored in, once for the lists its search scans. Here one walk gives both (the nearest of its ``nprobe``
     lists stores it), and the lists are kept between the two (``nprobe`` int32 per vector: 128 MB at 1M with 32
-    probes). Options as :func:`build_index` (``kind="ivf"``); ``max_codes`` > 0 ends a search's scan after the
-    list that reaches that many codes (faiss ``max_codes``)."""
+    probes). Options as :func:`build_index` (``kind="ivf"``); ``max_codes`` > 0 ends a search's scan at that
+    many codes (faiss ``max_codes``), inside the last list it reaches: that list gives only the entries stored
+    first, so the vectors are stored in a shuffled order (``seed``), and the ones a cut list gives are a random
+    sample of it, not the catalog's first rows."""
 
-    def __init__(self, vectors: np.ndarray, *, max_codes: int = 0, chunk: int = 65_536, **options) -> None:
+    def __init__(self, vectors: np.ndarray, *, max_codes: int = 0, seed: int = 0, chunk: int = 65_536,
+                 **options) -> None:  # fmt: skip
         import faiss
 
         if options.get("refine_factor"):
@@ -150,18 +153,20 @@ class SelfSearchIVF:
         quantizer = self.index.quantizer
         self.centroids = quantizer.reconstruct_n(0, self.index.nlist)
         self.probes = np.empty((len(self.vectors), self.index.nprobe), dtype=np.int32)
-        for start in range(0, len(self.vectors), chunk):
-            part = self.vectors[start : start + chunk]
+        order = np.random.default_rng(seed).permutation(len(self.vectors))
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]  # int64: faiss's ids
+            part = self.vectors[rows]
             lists = quantizer.search(part, self.index.nprobe)[1]
             own = lists[:, 0].copy()
             if (own < 0).any():  # a graph walk that came back short: the nearest list exactly
                 own[own < 0] = faiss.knn(part[own < 0], self.centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 0]
-            self.index.add_core(len(part), faiss.swig_ptr(part), None, faiss.swig_ptr(own))
-            self.probes[start : start + len(part)] = lists
+            self.index.add_core(len(part), faiss.swig_ptr(part), faiss.swig_ptr(rows), faiss.swig_ptr(own))
+            self.probes[rows] = lists
 
     def search(self, rows: slice | np.ndarray, k: int) -> np.ndarray:
         """The ids of the ``k`` nearest indexed vectors to ``vectors[rows]`` (best first; -1 = none)."""
-        queries, probes = self.vectors[rows], self.probes[rows].astype(np.int64)
+        queries, probes = self.vectors[rows], self.probes[rows].astype(np.int64)  # faiss's idx_t
         # the lists' inner products with the query: the 8-bit codes hold residuals, the scan adds them back
         coarse = np.empty(probes.shape, dtype=np.float32)
         for at in range(0, len(queries), 512):

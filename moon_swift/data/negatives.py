@@ -89,11 +89,11 @@ MINING_SEARCHES = ("exact", "ivf", "hnsw")
 MINING_EF_SEARCH = 128
 #: IVF mining: lists probed per product, and candidates re-ranked exactly per hit wanted (8-bit codes rank them)
 MINING_NPROBE, MINING_RERANK = 32, 2
-#: IVF mining scans at most about this many codes per product (faiss ``max_codes``: it stops after the list that
-#: reaches it): what ``MINING_NPROBE`` lists of the mean size hold. Dense clusters fill a few large lists that
-#: their own products then scan, so without it the work per product grows with the catalog (1.75x the codes at
-#: 1M than at 100k products in ``benchmarks/catalog_scale.py``); there, the negatives found with it are as
-#: similar to the product as the exact ones, to within 0.002 (README)
+#: IVF mining scans at most this many codes per product (faiss ``max_codes``, a random sample of the last list it
+#: reaches: ``SelfSearchIVF``): what ``MINING_NPROBE`` lists of the mean size hold. Dense clusters fill a few large
+#: lists that their own products then scan, so without it the work per product grows with the catalog (1.75x the
+#: codes at 1M than at 100k products in ``benchmarks/catalog_scale.py``); there, the negatives found with it are
+#: as similar to the product as the exact ones, to within 0.001 of mean similarity (README)
 MINING_MAX_CODES = MINING_NPROBE * IVF_LIST_SIZE
 
 
@@ -108,7 +108,7 @@ def _nearest(vectors: np.ndarray, how: str) -> Callable[[slice | np.ndarray, int
     """``search(rows, depth) -> ids`` (best first, -1 = none): the nearest of ``vectors`` to ``vectors[rows]``
     by inner product, with faiss's exact ``knn`` (searches ``vectors`` in place, no index copy), an HNSW graph
     (a second copy of the vectors plus the graph), or an IVF of 8-bit codes (a quarter of the vectors' memory)
-    whose candidates are re-ranked exactly against ``vectors``, at most about :data:`MINING_MAX_CODES` codes
+    whose candidates are re-ranked exactly against ``vectors``, at most :data:`MINING_MAX_CODES` codes
     scanned per query; indexes from :mod:`moon_swift.core.vector_search`."""
     import faiss
 

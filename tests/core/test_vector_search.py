@@ -139,6 +139,18 @@ def test_self_search_ivf_stores_each_vector_in_its_nearest_probed_list_and_searc
     # the index's own search walks the quantizer again and scores the lists itself: the same neighbours, in
     # order (the 8-bit codes hold residuals: without the lists' own scores the ranking across lists breaks)
     own = ivf.index.search(vectors[rows], 10)[1]
+    faiss.cvar.indexIVF_stats.reset()
     assert np.mean(ivf.search(rows, 10) == own) >= 0.99
+    assert faiss.cvar.indexIVF_stats.quantization_time == 0  # the walk was the build's: no second one
     with pytest.raises(MoonInputError, match="re-rank with the vectors"):  # its search is the IVF's, not a wrapper's
         SelfSearchIVF(vectors, refine_factor=2)
+
+
+def test_a_list_cut_by_max_codes_gives_a_random_sample_of_it_not_the_catalogs_first_rows():
+    vectors = clustered(8000, clusters=80, seed=10)  # 80 lists of about 100, one probed, cut at 20 codes
+    ivf = SelfSearchIVF(vectors, coarse="hnsw", nprobe=1, max_codes=20)
+    faiss.cvar.indexIVF_stats.reset()
+    found = ivf.search(slice(None), 10)
+    assert faiss.cvar.indexIVF_stats.ndis <= 20 * len(vectors)  # fewer only where a list is shorter
+    # stored in row order, a cut list would give its first fifth: rows in about the catalog's first fifth
+    assert 0.4 < np.median(found[found >= 0]) / len(vectors) < 0.6

@@ -142,9 +142,8 @@ def test_ivf_mining_stops_scanning_lists_at_max_codes_and_still_fills_every_row(
     faiss.cvar.indexIVF_stats.reset()
     mined = mined_negatives(records, embeddings, k=3, search="ivf")
     codes = faiss.cvar.indexIVF_stats.ndis / faiss.cvar.indexIVF_stats.nq
-    # 200 lists of about 100, 32 probed: about 3,200 codes per product, unless the cap ends the scan after the list
-    # that reaches it (one list more at most)
-    assert codes > 3_000 if cap == 0 else codes < cap + 300, codes
+    # 200 lists of about 100, 32 probed: about 3,200 codes per product, unless the cap ends the scan
+    assert codes > 3_000 if cap == 0 else codes <= cap, codes
     assert all(len(n) == 3 and r.group_id not in {f"g{int(p.product_id[1:]) // 3}" for p in n}
                for r, n in zip(records, mined, strict=True))  # fmt: skip
 
