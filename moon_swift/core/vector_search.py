@@ -168,11 +168,19 @@ class SelfSearchIVF:
         """The ids of the ``k`` nearest indexed vectors to ``vectors[rows]`` (best first; -1 = none)."""
         queries, probes = self.vectors[rows], self.probes[rows].astype(np.int64)  # faiss's idx_t
         # the lists' inner products with the query: the 8-bit codes hold residuals, the scan adds them back
-        coarse = np.empty(probes.shape, dtype=np.float32)
-        for at in range(0, len(queries), 512):
-            part = slice(at, at + 512)
-            coarse[part] = np.einsum("qd,qpd->qp", queries[part], self.centroids[np.maximum(probes[part], 0)])
+        coarse = gathered_inner_products(queries, self.centroids, probes)
         return self.index.search_preassigned(queries, k, probes, coarse)[1]
+
+
+def gathered_inner_products(queries: np.ndarray, table: np.ndarray, ids: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """``queries[i] . table[ids[i, j]]`` for every ``i, j`` (-inf where ``ids`` is -1, faiss's "none"): scores
+    of each query's own candidates only, ``chunk`` queries at a time so the gathered rows stay small."""
+    scores = np.empty(ids.shape, dtype=np.float32)
+    for at in range(0, len(queries), chunk):
+        part = slice(at, at + chunk)
+        scores[part] = np.einsum("qd,qcd->qc", queries[part], table[np.maximum(ids[part], 0)])
+    scores[ids < 0] = -np.inf
+    return scores
 
 
 def _refined(ivf, factor: int):

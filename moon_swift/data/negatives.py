@@ -8,7 +8,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..core.vector_search import IVF_LIST_SIZE, SelfSearchIVF, build_index, set_search_depth
+from ..core.vector_search import (
+    IVF_LIST_SIZE,
+    SelfSearchIVF,
+    build_index,
+    gathered_inner_products,
+    set_search_depth,
+)
 from .records import ProductRecord, logger
 
 
@@ -126,8 +132,7 @@ def _nearest(vectors: np.ndarray, how: str) -> Callable[[slice | np.ndarray, int
 
     def list_search(rows: slice | np.ndarray, depth: int) -> np.ndarray:
         candidates = ivf.search(rows, min(len(vectors), MINING_RERANK * depth))
-        scores = np.einsum("qd,qcd->qc", vectors[rows], vectors[np.maximum(candidates, 0)])
-        scores[candidates < 0] = -np.inf
+        scores = gathered_inner_products(vectors[rows], vectors, candidates)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
         return np.take_along_axis(candidates, order, axis=1)
 
